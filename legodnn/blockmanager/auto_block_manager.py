@@ -1,0 +1,262 @@
+"""AutoBlockManager: trace a CNN, cut it into blocks, generate and store descendants."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import fx, nn
+from tqdm.auto import tqdm
+
+from ..errors import InvalidSparsityError, LegoDNNError, NoBlocksError, TraceError
+from ..version import __version__
+from .channels import ChannelAnalysis, analyze_channels
+from .fingerprint import architecture_fingerprint
+from .measure import count_bytes, count_flops, count_params
+from .partition import Partition, extract_block
+from .pruning import build_descendant, plan_pruning
+from .regions import Region, find_candidate_regions, select_regions
+from .specs import BlockSpec, DescendantSpec
+from .store import FORMAT_VERSION, StoreWriter, sparsity_tag
+from .tracing import CONV_TYPES, TracedPart, trace_model
+
+__all__ = ["AutoBlockManager", "validate_sparsities", "dummy_runner"]
+
+logger = logging.getLogger(__name__)
+
+
+def validate_sparsities(block_sparsity: Sequence[float]) -> List[float]:
+    """Sorted, unique sparsities in [0, 1), with 0.0 (the original block) always first."""
+    try:
+        values = [float(s) for s in block_sparsity]
+    except (TypeError, ValueError) as exc:
+        raise InvalidSparsityError(f"block_sparsity must be a list of numbers, got {block_sparsity!r}") from exc
+    bad = [s for s in values if not (0.0 <= s < 1.0) or math.isnan(s)]
+    if bad:
+        raise InvalidSparsityError(
+            f"sparsities must lie in [0, 1) (the fraction of filters removed), got {bad}; "
+            "e.g. block_sparsity=[0.0, 0.3, 0.6, 0.8]"
+        )
+    values = sorted(set(values))
+    if values[0] != 0.0:
+        values.insert(0, 0.0)
+    return values
+
+
+def dummy_runner(
+    model: nn.Module, model_manager: Any, model_input_size: Tuple[int, ...], device: str
+) -> Callable[[], Any]:
+    """A function that runs the model once on a dummy input, via the model manager if any."""
+    if model_manager is not None:
+        return lambda: model_manager.dummy_forward_to_gen_mid_data(model, model_input_size, device)
+    return lambda: model(torch.rand(model_input_size, device=device))
+
+
+class AutoBlockManager:
+    """Finds the blocks of a model and generates their descendants.
+
+    Blocks are the largest single-input/single-output regions of the traced graph with
+    at most ``max(2, floor(total_convs * compress_layer_max_ratio))`` convolutions and
+    something to prune, chosen to cover as many parameters as possible (the original
+    LegoDNN rule for block size). ``block_sparsity`` lists the fraction of each block's
+    internal filters every descendant removes; 0.0, the original block, is always there.
+    """
+
+    def __init__(
+        self,
+        block_sparsity: Sequence[float],
+        model: nn.Module,
+        model_manager: Any = None,
+        model_input_size: Tuple[int, ...] = (1, 3, 32, 32),
+        compress_layer_max_ratio: float = 0.125,
+        device: str = "cpu",
+        verbose: bool = True,
+    ) -> None:
+        self.block_sparsity = validate_sparsities(block_sparsity)
+        if not 0.0 < compress_layer_max_ratio <= 1.0:
+            raise ValueError(f"compress_layer_max_ratio must be in (0, 1], got {compress_layer_max_ratio}")
+        self.model = model.to(device)
+        self.model_manager = model_manager
+        self.model_input_size = tuple(int(s) for s in model_input_size)
+        self.compress_layer_max_ratio = float(compress_layer_max_ratio)
+        self.device = device
+        self.verbose = verbose
+
+        conv_modules = {id(m): m for m in self.model.modules() if isinstance(m, CONV_TYPES)}
+        self.total_convs = len(conv_modules)
+        self.total_conv_params = sum(count_params(m) for m in conv_modules.values())
+        self.max_convs_per_block = max(2, math.floor(self.total_convs * self.compress_layer_max_ratio))
+
+        start = time.perf_counter()
+        self.parts = self._trace()
+        self.fingerprint = architecture_fingerprint(self.model, self.parts)
+        self._analyses: Dict[str, ChannelAnalysis] = {}
+        self.partition = self._find_blocks()
+        self._analyses = {s.name: self._analysis(s.name) for s in self.partition.specs}
+        self.find_seconds = time.perf_counter() - start
+        logger.info(
+            "%d blocks cover %.1f%% of conv parameters (at most %d convs per block)",
+            len(self.blocks), 100 * self.coverage, self.max_convs_per_block,
+        )
+
+    # -- finding blocks ---------------------------------------------------------
+    def _trace(self) -> List[TracedPart]:
+        run = dummy_runner(self.model, self.model_manager, self.model_input_size, self.device)
+        try:
+            parts = trace_model(self.model, run)
+        except TraceError:
+            raise
+        except Exception as exc:  # the dummy forward itself failed: wrong input size, usually
+            raise LegoDNNError(
+                f"running the model on a dummy input of size {self.model_input_size} failed "
+                f"({type(exc).__name__}: {exc}); check model_input_size (N, C, H, W) and the device"
+            ) from exc
+        if parts[0].path:
+            logger.info("traced parts: %s", ", ".join(p.path for p in parts))
+        return parts
+
+    def _find_blocks(self) -> Partition:
+        chosen: List[Tuple[str, Region]] = []
+        for part in self.parts:
+            candidates = find_candidate_regions(part.graph_module, self.max_convs_per_block)
+            gm = part.graph_module
+
+            def prunable(region: Region, gm: fx.GraphModule = gm, path: str = part.path) -> bool:
+                spec = _provisional_spec(path, region)
+                return bool(analyze_channels(extract_block(gm, spec)).groups)
+
+            chosen.extend((part.path, r) for r in select_regions(candidates, accept=prunable))
+        if not chosen:
+            raise NoBlocksError(
+                "found no block to prune: the model needs at least one convolution or linear layer "
+                "whose filters feed another layer inside a single-input/single-output region. "
+                f"Traced parts: {[p.path or '<model>' for p in self.parts]}; "
+                f"max convs per block: {self.max_convs_per_block} (raise compress_layer_max_ratio for larger blocks)"
+            )
+        return Partition.from_regions(self.parts, chosen)
+
+    def _analysis(self, name: str) -> ChannelAnalysis:
+        if name not in self._analyses:
+            self._analyses[name] = analyze_channels(self.partition.blocks[name])
+        return self._analyses[name]
+
+    # -- public view ------------------------------------------------------------
+    @property
+    def blocks(self) -> List[BlockSpec]:
+        """Block specs, in model order."""
+        return list(self.partition.specs)
+
+    @property
+    def block_names(self) -> List[str]:
+        return [s.name for s in self.partition.specs]
+
+    @property
+    def coverage(self) -> float:
+        """Fraction of the model's conv parameters that sit inside blocks."""
+        if self.total_conv_params == 0:
+            return 0.0
+        return sum(s.conv_params for s in self.partition.specs) / self.total_conv_params
+
+    def get_block(self, name: str) -> fx.GraphModule:
+        """The original (teacher) block; it shares its layers with the teacher model."""
+        return self.partition.blocks[name]
+
+    def pruning_plan(self, name: str, sparsity: float) -> Dict[str, List[int]]:
+        """Kept filter indices per layer for one descendant."""
+        validate_sparsities([sparsity])
+        return plan_pruning(self._analysis(name), sparsity)
+
+    def get_descendant(self, name: str, sparsity: float) -> fx.GraphModule:
+        """A fresh, untrained descendant of a block (a copy; the teacher is untouched)."""
+        return build_descendant(self.get_block(name), self.pruning_plan(name, sparsity), self._analysis(name))
+
+    def compose(self, blocks: Optional[Dict[str, nn.Module]] = None) -> nn.Module:
+        """The teacher with its blocks replaced by ``blocks`` (by name; others stay original).
+
+        The result shares frame layers with the teacher.
+        """
+        chosen = dict(self.partition.blocks)
+        chosen.update(blocks or {})
+        return self.partition.compose(self.model, chosen)
+
+    # -- extraction -------------------------------------------------------------
+    def extract_all_blocks(self, blocks_dir: str) -> List[DescendantSpec]:
+        """Generate every descendant of every block and write the blocks directory.
+
+        The directory appears complete or not at all (it is written under a temporary name
+        and renamed); an existing store at that path is replaced.
+        """
+        writer = StoreWriter(blocks_dir)
+        try:
+            manifest, descendants = self._write(writer)
+            writer.commit(manifest)
+        except BaseException:
+            writer.abort()
+            raise
+        return descendants
+
+    def _write(self, writer: StoreWriter) -> Tuple[Dict[str, Any], List[DescendantSpec]]:
+        composed = self.compose()
+        block_keys = {
+            f"{self.partition.block_path(s.name)}.{k}" for s in self.blocks for k in self.get_block(s.name).state_dict()
+        }
+        frame_state = {k: v for k, v in composed.state_dict().items() if k not in block_keys}
+        frame_sha = writer.write_tensors("frame.safetensors", frame_state)
+        all_desc: List[DescendantSpec] = []
+        blocks_json = []
+        jobs = [(s, sp) for s in self.blocks for sp in self.block_sparsity]
+        bar = tqdm(jobs, desc="descendant blocks", disable=not self.verbose, leave=False)
+        per_block: Dict[str, list] = {s.name: [] for s in self.blocks}
+        for spec, sparsity in bar:
+            plan = self.pruning_plan(spec.name, sparsity)
+            block = build_descendant(self.get_block(spec.name), plan, self._analysis(spec.name))
+            file = f"{spec.name}_s{sparsity_tag(sparsity)}.safetensors"
+            sha = writer.write_tensors(file, block.state_dict())
+            desc = DescendantSpec(
+                block=spec.name,
+                sparsity=sparsity,
+                kept=plan,
+                params=count_params(block),
+                flops=count_flops(block, spec.input_shape, self.device),
+                bytes=count_bytes(block),
+                file=file,
+                sha256=sha,
+            )
+            per_block[spec.name].append(desc.to_json())
+            all_desc.append(desc)
+        for spec in self.blocks:
+            blocks_json.append({"spec": spec.to_json(), "descendants": per_block[spec.name]})
+        manifest = {
+            "format": "legodnn-blocks",
+            "format_version": FORMAT_VERSION,
+            "legodnn_version": __version__,
+            "torch_version": torch.__version__,
+            "fingerprint": self.fingerprint,
+            "model_class": type(self.model).__name__,
+            "model_input_size": list(self.model_input_size),
+            "block_sparsity": self.block_sparsity,
+            "compress_layer_max_ratio": self.compress_layer_max_ratio,
+            "max_convs_per_block": self.max_convs_per_block,
+            "coverage_conv_params": self.coverage,
+            "parts": [{"path": p.path, "input_shape": list(p.example_input.shape)} for p in self.parts],
+            "frame": {"file": "frame.safetensors", "sha256": frame_sha},
+            "blocks": blocks_json,
+        }
+        return manifest, all_desc
+
+
+def _provisional_spec(part: str, region: Region) -> BlockSpec:
+    return BlockSpec(
+        name="candidate",
+        part=part,
+        entry=region.entry,
+        exit=region.exit,
+        nodes=tuple(region.nodes),
+        input_shape=(),
+        output_shape=(),
+        num_convs=region.num_convs,
+        conv_params=region.conv_params,
+    )

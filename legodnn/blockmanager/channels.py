@@ -1,0 +1,483 @@
+"""Channel dependency analysis of a block: which filters can go, and which go together.
+
+Every channel of every tensor in the block is traced back to an *atom*: channel ``k`` of
+a *source*, the output of a conv/linear layer (its filters) or the block input. Ops that
+join channels (a residual add, a depthwise conv, BatchNorm) merge atoms into one
+coupling class; a concat lays its inputs' atoms side by side; flatten repeats them. A
+class is prunable when none of its atoms is frozen: the block input and output keep
+their shapes, and any op we do not understand freezes what it touches. Pruning then
+removes whole classes, so the block stays consistent by construction.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+__all__ = ["ChannelAnalysis", "PruneGroup", "analyze_channels", "channel_importance"]
+
+_PASSTHROUGH_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid,
+    nn.Sigmoid, nn.Tanh, nn.ELU, nn.SELU, nn.CELU, nn.Mish, nn.Softplus, nn.Hardtanh,
+    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+    nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
+    nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
+    nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReplicationPad1d, nn.ReplicationPad2d,
+)
+_PASSTHROUGH_FUNCTIONS = {
+    F.relu, torch.relu, F.relu6, F.leaky_relu, F.silu, F.gelu, F.hardswish, F.hardsigmoid,
+    F.sigmoid, torch.sigmoid, torch.tanh, F.tanh, F.elu, F.hardtanh, F.mish, F.softplus,
+    F.dropout, F.dropout2d, F.dropout3d, F.max_pool1d, F.max_pool2d, F.max_pool3d,
+    F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d, F.interpolate, F.pad, torch.clone, operator.neg, torch.neg,
+    torch.exp, torch.abs,
+}
+_PASSTHROUGH_METHODS = {
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "contiguous", "clone",
+    "float", "half", "double", "to", "type_as", "detach", "neg", "exp", "abs", "clamp",
+    "clamp_", "clamp_min", "clamp_max", "hardtanh", "hardtanh_",
+}
+_BINARY = {
+    operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
+    operator.truediv, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div,
+    torch.maximum, torch.minimum,
+}
+_BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
+_REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
+_REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
+
+
+def _shape(node: Any) -> Optional[Tuple[int, ...]]:
+    if not isinstance(node, fx.Node):
+        return None
+    meta = node.meta.get("tensor_meta")
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: List[int] = []
+
+    def add(self, n: int) -> int:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + n))
+        return start
+
+    def find(self, x: int) -> int:
+        parent = self.parent
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+@dataclass
+class _Source:
+    name: str  # module target for layers, "input" for the block input, node name otherwise
+    start: int  # first atom id
+    size: int
+    importance: Optional[np.ndarray]  # L1 norm per filter; None for non-layer sources
+
+
+@dataclass
+class PruneGroup:
+    """Coupling classes that share a pruning decision: filters of one or more layers.
+
+    ``parts`` lists class indices; a grouped conv splits them into balanced parts (the
+    same number is removed from each), otherwise there is a single part.
+    """
+
+    parts: List[List[int]]
+    sources: List[str]
+
+
+@dataclass
+class ChannelAnalysis:
+    """Result of :func:`analyze_channels` on one block."""
+
+    layouts: Dict[str, np.ndarray]  # node name -> class id of each channel (dim 1)
+    sources: Dict[str, _Source]
+    class_of_atom: np.ndarray
+    class_importance: np.ndarray
+    groups: List[PruneGroup]
+    flatten_views: List[str] = field(default_factory=list)  # view/reshape nodes to rewrite
+
+    def atoms_of(self, source: str) -> np.ndarray:
+        s = self.sources[source]
+        return self.class_of_atom[s.start : s.start + s.size]
+
+    @property
+    def num_prunable_channels(self) -> int:
+        return sum(len(c) for g in self.groups for c in g.parts)
+
+
+def channel_importance(module: nn.Module) -> np.ndarray:
+    """L1 norm of each output filter of a conv, transposed conv or linear layer."""
+    w = module.weight.detach().float()
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        groups = module.groups
+        in_per_group = w.shape[0] // groups
+        # (in, out/g, k...) -> per output channel o = g*out_per_group + j
+        w = w.reshape(groups, in_per_group, w.shape[1], -1).transpose(1, 2)
+        return w.abs().sum(dim=(2, 3)).reshape(-1).cpu().numpy()
+    return w.reshape(w.shape[0], -1).abs().sum(dim=1).cpu().numpy()
+
+
+class _Analyzer:
+    def __init__(self, gm: fx.GraphModule) -> None:
+        self.gm = gm
+        self.modules = dict(gm.named_modules())
+        self.uf = _UnionFind()
+        self.frozen: List[bool] = []
+        self.sources: Dict[str, _Source] = {}
+        self.layouts: Dict[fx.Node, np.ndarray] = {}
+        self.balanced: List[List[np.ndarray]] = []
+        self.module_inputs: Dict[str, np.ndarray] = {}
+        self.flatten_views: List[str] = []
+
+    # -- atoms ------------------------------------------------------------------
+    def new_source(self, name: str, size: int, frozen: bool, importance: Optional[np.ndarray] = None) -> np.ndarray:
+        start = self.uf.add(size)
+        self.frozen.extend([frozen] * size)
+        self.sources[name] = _Source(name, start, size, importance)
+        return np.arange(start, start + size)
+
+    def freeze(self, layout: Optional[np.ndarray]) -> None:
+        if layout is not None:
+            for a in layout:
+                self.frozen[a] = True
+
+    def unite(self, a: np.ndarray, b: np.ndarray) -> None:
+        for x, y in zip(a.tolist(), b.tolist()):
+            self.uf.union(x, y)
+
+    def frozen_output(self, node: fx.Node) -> Optional[np.ndarray]:
+        shape = _shape(node)
+        if shape is None or len(shape) < 2:
+            return None
+        return self.new_source(f"node:{node.name}", shape[1], frozen=True)
+
+    def layout(self, arg: Any) -> Optional[np.ndarray]:
+        return self.layouts.get(arg) if isinstance(arg, fx.Node) else None
+
+    def tensor_inputs(self, node: fx.Node) -> List[np.ndarray]:
+        return [self.layouts[n] for n in node.all_input_nodes if n in self.layouts]
+
+    def opaque(self, node: fx.Node) -> Optional[np.ndarray]:
+        """An op we do not model: freeze what goes in and what comes out."""
+        for lay in self.tensor_inputs(node):
+            self.freeze(lay)
+        return self.frozen_output(node)
+
+    # -- per op -----------------------------------------------------------------
+    def run(self) -> None:
+        for node in self.gm.graph.nodes:
+            if node.op == "placeholder":
+                shape = _shape(node)
+                if shape is not None and len(shape) >= 2:
+                    self.layouts[node] = self.new_source("input", shape[1], frozen=True)
+            elif node.op == "output":
+                for lay in self.tensor_inputs(node):
+                    self.freeze(lay)
+            elif node.op == "get_attr":
+                continue
+            else:
+                out = self.visit(node)
+                shape = _shape(node)
+                if out is not None and shape is not None and len(shape) >= 2:
+                    if len(out) != shape[1]:  # our model of the op disagrees with reality
+                        self.freeze(out)
+                        out = self.frozen_output(node)
+                    self.layouts[node] = out
+                elif out is not None:
+                    self.freeze(out)
+
+    def visit(self, node: fx.Node) -> Optional[np.ndarray]:
+        if node.op == "call_module":
+            return self.visit_module(node, self.modules[node.target])
+        if node.op == "call_function":
+            return self.visit_function(node, node.target)
+        if node.op == "call_method":
+            return self.visit_method(node, node.target)
+        return self.opaque(node)
+
+    def passthrough(self, node: fx.Node) -> Optional[np.ndarray]:
+        x = node.args[0] if node.args else None
+        lay = self.layout(x)
+        if lay is None:
+            return self.opaque(node)
+        for other in node.all_input_nodes[1:]:
+            self.freeze(self.layouts.get(other))
+        in_shape, out_shape = _shape(x), _shape(node)
+        if out_shape is None or len(out_shape) < 2 or out_shape[1] != in_shape[1]:
+            self.freeze(lay)
+            return self.frozen_output(node)
+        return lay
+
+    def visit_module(self, node: fx.Node, m: nn.Module) -> Optional[np.ndarray]:
+        x = node.args[0] if node.args else None
+        lay = self.layout(x)
+        if len(node.all_input_nodes) != 1 or node.kwargs or lay is None:
+            return self.opaque(node)
+        if isinstance(m, nn.modules.conv._ConvNd):
+            return self.visit_conv(node, m, lay)
+        if isinstance(m, nn.Linear):
+            if len(_shape(x)) != 2:
+                return self.opaque(node)
+            self.consume(node, lay)
+            return self.layer_source(node, m, m.out_features)
+        if isinstance(m, nn.modules.batchnorm._NormBase):  # BatchNorm and InstanceNorm
+            return lay
+        if isinstance(m, nn.PReLU) and m.num_parameters > 1:
+            return lay
+        if isinstance(m, _PASSTHROUGH_MODULES) or (isinstance(m, nn.PReLU) and m.num_parameters == 1):
+            return self.passthrough(node)
+        if isinstance(m, nn.Flatten):
+            return self.flatten(node, lay, m.start_dim, m.end_dim)
+        return self.opaque(node)
+
+    def consume(self, node: fx.Node, lay: np.ndarray) -> None:
+        """A layer reads these channels; a layer called twice must read matching ones."""
+        prev = self.module_inputs.get(node.target)
+        if prev is None:
+            self.module_inputs[node.target] = lay
+        else:
+            self.unite(prev, lay)
+
+    def layer_source(self, node: fx.Node, m: nn.Module, size: int) -> np.ndarray:
+        if node.target in self.sources:  # second call of the same layer: same filters
+            s = self.sources[node.target]
+            return np.arange(s.start, s.start + s.size)
+        return self.new_source(node.target, size, frozen=False, importance=channel_importance(m))
+
+    def visit_conv(self, node: fx.Node, m: nn.modules.conv._ConvNd, lay: np.ndarray) -> np.ndarray:
+        g, cin, cout = m.groups, m.in_channels, m.out_channels
+        if g == 1:
+            self.consume(node, lay)
+            return self.layer_source(node, m, cout)
+        transposed = isinstance(m, nn.modules.conv._ConvTransposeNd)
+        if cin == cout and not transposed:
+            self.consume(node, lay)
+            if cin == g:  # depthwise: each output channel is its input channel
+                return lay
+            if cin // g > 1:  # grouped (ResNeXt): channel i stays in group i // (cin/g)
+                self.balanced.append(np.split(lay, g))
+                return lay
+        if cin == cout == g:  # depthwise transposed conv
+            self.consume(node, lay)
+            return lay
+        # other grouped convs: kept whole
+        self.freeze(lay)
+        src = self.layer_source(node, m, cout)
+        self.freeze(src)
+        return src
+
+    def flatten(self, node: fx.Node, lay: np.ndarray, start: int, end: int) -> Optional[np.ndarray]:
+        in_shape = _shape(node.args[0])
+        nd = len(in_shape)
+        start, end = start % nd, end % nd
+        if start >= 2:
+            return lay
+        if start == 1 and end == nd - 1:
+            spatial = int(np.prod(in_shape[2:])) if nd > 2 else 1
+            return np.repeat(lay, spatial)
+        return self.opaque(node)
+
+    def binary(self, node: fx.Node) -> Optional[np.ndarray]:
+        out_shape = _shape(node)
+        if out_shape is None or len(out_shape) < 2:
+            return self.opaque(node)
+        full: List[np.ndarray] = []
+        for arg in list(node.args) + list(node.kwargs.values()):
+            if not isinstance(arg, fx.Node):
+                continue
+            shape = _shape(arg)
+            lay = self.layouts.get(arg)
+            if shape is None or int(np.prod(shape)) == 1:
+                continue  # scalars and python numbers broadcast harmlessly
+            if lay is None or len(shape) != len(out_shape):
+                return self.opaque(node)  # a constant tensor or odd broadcast: keep it all
+            if shape[1] == out_shape[1]:
+                full.append(lay)
+            elif shape[1] != 1:
+                return self.opaque(node)
+        if not full:
+            return self.opaque(node)
+        for other in full[1:]:
+            self.unite(full[0], other)
+        return full[0]
+
+    def cat(self, node: fx.Node) -> Optional[np.ndarray]:
+        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        out_shape = _shape(node)
+        if not isinstance(tensors, (list, tuple)) or out_shape is None or len(out_shape) < 2:
+            return self.opaque(node)
+        lays = [self.layout(t) for t in tensors]
+        if any(lay is None for lay in lays):
+            return self.opaque(node)
+        if dim % len(out_shape) == 1:
+            return np.concatenate(lays)
+        for other in lays[1:]:
+            self.unite(lays[0], other)
+        return lays[0]
+
+    def reduce(self, node: fx.Node, dims: Any) -> Optional[np.ndarray]:
+        in_shape = _shape(node.args[0])
+        if dims is None or in_shape is None:
+            return self.opaque(node)
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        if any(not isinstance(d, int) for d in dims):
+            return self.opaque(node)
+        if any(d % len(in_shape) in (0, 1) for d in dims):
+            return self.opaque(node)
+        return self.layout(node.args[0])
+
+    def view(self, node: fx.Node) -> Optional[np.ndarray]:
+        x = node.args[0]
+        in_shape, out_shape, lay = _shape(x), _shape(node), self.layout(x)
+        if in_shape is None or out_shape is None or lay is None or len(in_shape) < 2:
+            return self.opaque(node)
+        if len(out_shape) == 2 and out_shape[0] == in_shape[0] and out_shape[1] == int(np.prod(in_shape[1:])):
+            self.flatten_views.append(node.name)
+            return np.repeat(lay, int(np.prod(in_shape[2:])) if len(in_shape) > 2 else 1)
+        shape_args = node.args[1:]
+        if len(shape_args) == 1 and isinstance(shape_args[0], (list, tuple)):
+            shape_args = tuple(shape_args[0])
+        if (
+            len(out_shape) >= 2
+            and out_shape[:2] == in_shape[:2]
+            and len(shape_args) >= 2
+            and isinstance(shape_args[1], fx.Node)  # the channel count is read, not fixed
+        ):
+            return lay
+        return self.opaque(node)
+
+    def visit_function(self, node: fx.Node, fn: Any) -> Optional[np.ndarray]:
+        if fn in _PASSTHROUGH_FUNCTIONS:
+            return self.passthrough(node)
+        if fn in _BINARY:
+            return self.binary(node)
+        if fn is torch.cat or fn is torch.concat:
+            return self.cat(node)
+        if fn is torch.flatten:
+            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+            end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+            lay = self.layout(node.args[0])
+            return self.opaque(node) if lay is None else self.flatten(node, lay, start, end)
+        if fn in _REDUCE_FUNCTIONS:
+            dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+            return self.reduce(node, dims)
+        if fn is torch.reshape:
+            return self.view(node)
+        if fn is operator.getitem and _shape(node.args[0]) is None:
+            return None  # indexing a python container (e.g. a tuple of sizes)
+        return self.opaque(node)
+
+    def visit_method(self, node: fx.Node, name: str) -> Optional[np.ndarray]:
+        if name in ("size", "dim"):
+            return None
+        if name in _PASSTHROUGH_METHODS:
+            return self.passthrough(node)
+        if name in _BINARY_METHODS:
+            return self.binary(node)
+        if name in ("view", "reshape"):
+            return self.view(node)
+        if name == "flatten":
+            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+            end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+            lay = self.layout(node.args[0])
+            return self.opaque(node) if lay is None else self.flatten(node, lay, start, end)
+        if name in _REDUCE_METHODS:
+            dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+            return self.reduce(node, dims)
+        return self.opaque(node)
+
+    # -- result -----------------------------------------------------------------
+    def result(self) -> ChannelAnalysis:
+        n_atoms = len(self.uf.parent)
+        roots = np.array([self.uf.find(a) for a in range(n_atoms)], dtype=np.int64)
+        uniq, class_of_atom = np.unique(roots, return_inverse=True)
+        n_classes = len(uniq)
+        frozen = np.zeros(n_classes, dtype=bool)
+        np.logical_or.at(frozen, class_of_atom, np.array(self.frozen, dtype=bool))
+        importance = np.zeros(n_classes, dtype=np.float64)
+        class_sources: Dict[int, set] = {}
+        for s in self.sources.values():
+            cls = class_of_atom[s.start : s.start + s.size]
+            if s.importance is not None:
+                np.add.at(importance, cls, s.importance.astype(np.float64))
+            for c in np.unique(cls).tolist():
+                class_sources.setdefault(c, set()).add(s.name)
+        # pruning groups: classes linked through the layers whose filters they hold
+        layer_groups = _UnionFind()
+        names = sorted(self.sources)
+        layer_groups.add(len(names))
+        pos = {n: i for i, n in enumerate(names)}
+        for srcs in class_sources.values():
+            srcs = sorted(srcs)
+            for s in srcs[1:]:
+                layer_groups.union(pos[srcs[0]], pos[s])
+        by_group: Dict[int, List[int]] = {}
+        for c in range(n_classes):
+            if frozen[c] or not any(self.sources[s].importance is not None for s in class_sources.get(c, ())):
+                continue
+            root = layer_groups.find(pos[sorted(class_sources[c])[0]])
+            by_group.setdefault(root, []).append(c)
+        groups: List[PruneGroup] = []
+        for root, classes in sorted(by_group.items()):
+            srcs = sorted({s for c in classes for s in class_sources[c] if self.sources[s].importance is not None})
+            parts = self._balanced_parts(classes, class_of_atom)
+            if parts is not None:
+                groups.append(PruneGroup(parts=parts, sources=srcs))
+        layouts = {n.name: class_of_atom[lay] for n, lay in self.layouts.items()}
+        return ChannelAnalysis(
+            layouts=layouts,
+            sources=dict(self.sources),
+            class_of_atom=class_of_atom,
+            class_importance=importance,
+            groups=groups,
+            flatten_views=self.flatten_views,
+        )
+
+    def _balanced_parts(self, classes: List[int], class_of_atom: np.ndarray) -> Optional[List[List[int]]]:
+        """Split a group's classes into the parts a grouped conv demands (None: unprunable)."""
+        members = set(classes)
+        constraints = []
+        for chunks in self.balanced:
+            chunk_classes = [sorted(set(class_of_atom[c].tolist())) for c in chunks]
+            if any(c in members for cc in chunk_classes for c in cc):
+                constraints.append(chunk_classes)
+        if not constraints:
+            return [sorted(classes)]
+        if len(constraints) > 1 and any(c != constraints[0] for c in constraints[1:]):
+            return None  # two different groupings: too tangled, keep whole
+        parts = constraints[0]
+        flat = [c for p in parts for c in p]
+        if len(flat) != len(set(flat)) or set(flat) != members:
+            return None
+        return parts
+
+
+def analyze_channels(gm: fx.GraphModule) -> ChannelAnalysis:
+    """Channel coupling classes of a block graph whose nodes carry ShapeProp metadata."""
+    analyzer = _Analyzer(gm)
+    analyzer.run()
+    return analyzer.result()

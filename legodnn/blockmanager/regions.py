@@ -1,0 +1,259 @@
+"""Find single-input/single-output regions of an fx graph and choose the blocks.
+
+A region with entry value ``a`` and exit value ``b`` is the set of nodes on paths from
+``a`` to ``b``. It takes exactly one tensor in and gives one tensor out iff ``a``
+dominates ``b`` (every path from the graph input to ``b`` passes through ``a``) and
+``b`` post-dominates every successor of ``a`` inside the region (nothing computed
+inside is used outside; ``a`` itself may feed other branches, as a residual input
+does). Candidates come from
+walking up the dominator tree from every exit, which bounds the work by the block
+size limit; the chosen blocks are the disjoint set that covers the most prunable
+parameters (weighted interval scheduling over the topological order).
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Set
+
+import torch
+from torch import fx, nn
+
+from .tracing import CONV_TYPES, PRUNABLE_TYPES
+
+__all__ = ["Region", "find_candidate_regions", "select_regions", "constant_nodes"]
+
+
+@dataclass(frozen=True)
+class Region:
+    """A candidate block: its entry node, exit node and the nodes it holds (entry excluded)."""
+
+    entry: str
+    exit: str
+    nodes: FrozenSet[str]
+    first: int  # topological index range, for the disjointness test
+    last: int
+    num_convs: int
+    prunable_params: int
+    conv_params: int
+
+
+def _is_tensor(node: fx.Node) -> bool:
+    meta = node.meta.get("tensor_meta")
+    return meta is not None and hasattr(meta, "shape")
+
+
+def constant_nodes(graph: fx.Graph) -> Set[fx.Node]:
+    """Nodes that do not depend on any placeholder (attributes and what is computed from them)."""
+    consts: Set[fx.Node] = set()
+    for node in graph.nodes:
+        if node.op == "get_attr" or (
+            node.op in ("call_function", "call_method", "call_module")
+            and all(i in consts for i in node.all_input_nodes)
+        ):
+            consts.add(node)
+    return consts
+
+
+def _dominators(order: List[fx.Node], preds: Dict[fx.Node, List[fx.Node]], root: fx.Node) -> Dict[fx.Node, fx.Node]:
+    """Immediate dominators on a DAG given in topological order (Cooper-Harvey-Kennedy)."""
+    index = {n: i for i, n in enumerate(order)}
+    idom: Dict[fx.Node, fx.Node] = {root: root}
+    for node in order:
+        if node is root:
+            continue
+        candidates = [p for p in preds[node] if p in idom]
+        if not candidates:
+            continue
+        new = candidates[0]
+        for p in candidates[1:]:
+            a, b = p, new
+            while a is not b:
+                while index[a] > index[b]:
+                    a = idom[a]
+                while index[b] > index[a]:
+                    b = idom[b]
+            new = a
+        idom[node] = new
+    return idom
+
+
+def find_candidate_regions(
+    gm: fx.GraphModule, max_convs: int, min_nodes: int = 1
+) -> List[Region]:
+    """All single-entry/single-exit regions with at most ``max_convs`` convolutions and
+    at least one prunable layer."""
+    modules = dict(gm.named_modules())
+    consts = constant_nodes(gm.graph)
+    order = [n for n in gm.graph.nodes if n not in consts]
+    index = {n: i for i, n in enumerate(order)}
+    placeholders = [n for n in order if n.op == "placeholder"]
+    output = next(n for n in order if n.op == "output")
+    if len(placeholders) != 1:
+        return []
+    source = placeholders[0]
+    preds = {n: [i for i in n.all_input_nodes if i not in consts] for n in order}
+    succs: Dict[fx.Node, List[fx.Node]] = {n: [] for n in order}
+    for n in order:
+        for p in preds[n]:
+            succs[p].append(n)
+    # dead ends (nodes with no path to the output) would break post-dominance: treat
+    # them as flowing into the output
+    rsuccs = {n: (succs[n] or ([output] if n is not output else [])) for n in order}
+    idom = _dominators(order, preds, source)
+    rorder = list(reversed(order))
+    rpreds = rsuccs
+    ipdom = _dominators(rorder, rpreds, output)
+
+    # post-dominator tree intervals for O(1) ancestor tests
+    children: Dict[fx.Node, List[fx.Node]] = {n: [] for n in order}
+    for n, d in ipdom.items():
+        if n is not d:
+            children[d].append(n)
+    tin: Dict[fx.Node, int] = {}
+    tout: Dict[fx.Node, int] = {}
+    clock = 0
+    stack = [(output, False)]
+    while stack:
+        n, done = stack.pop()
+        if done:
+            tout[n] = clock
+            clock += 1
+            continue
+        tin[n] = clock
+        clock += 1
+        stack.append((n, True))
+        stack.extend((c, False) for c in children[n])
+
+    def pdominates(b: fx.Node, a: fx.Node) -> bool:
+        return a in tin and b in tin and tin[b] <= tin[a] and tout[a] <= tout[b]
+
+    # ancestor / descendant bitsets
+    anc: Dict[fx.Node, int] = {}
+    for n in order:
+        m = 1 << index[n]
+        for p in preds[n]:
+            m |= anc[p]
+        anc[n] = m
+    desc: Dict[fx.Node, int] = {}
+    for n in rorder:
+        m = 0
+        for s in succs[n]:
+            m |= desc[s] | (1 << index[s])
+        desc[n] = m
+
+    conv_mask = prunable_mask = 0
+    conv_w: Dict[int, int] = {}
+    prunable_w: Dict[int, int] = {}
+    for n in order:
+        if n.op == "call_module" and isinstance(modules.get(n.target), PRUNABLE_TYPES):
+            mod = modules[n.target]
+            size = sum(p.numel() for p in mod.parameters())
+            prunable_mask |= 1 << index[n]
+            prunable_w[index[n]] = size
+            if isinstance(mod, CONV_TYPES):
+                conv_mask |= 1 << index[n]
+                conv_w[index[n]] = size
+
+    # a module called at several places is counted once per region
+    def weight(mask: int, table: Dict[int, int]) -> int:
+        total, seen = 0, set()
+        while mask:
+            low = mask & -mask
+            i = low.bit_length() - 1
+            target = order[i].target
+            if target not in seen:
+                seen.add(target)
+                total += table[i]
+            mask ^= low
+        return total
+
+    regions: List[Region] = []
+    for b in order:
+        if b.op in ("placeholder", "output") or not _is_tensor(b):
+            continue
+        a = idom.get(b)
+        while a is not None:
+            body = desc[a] & anc[b]
+            n_convs = bin(body & conv_mask).count("1")
+            if n_convs > max_convs:
+                break
+            # nothing inside may be used outside: b post-dominates a's successors on the way
+            if (
+                _is_tensor(a)
+                and body & prunable_mask
+                and all(pdominates(b, s) for s in succs[a] if body >> index[s] & 1)
+            ):
+                nodes = frozenset(order[i].name for i in range(len(order)) if body >> i & 1)
+                if len(nodes) >= min_nodes:
+                    idx = [i for i in range(len(order)) if body >> i & 1]
+                    regions.append(
+                        Region(
+                            entry=a.name,
+                            exit=b.name,
+                            nodes=nodes,
+                            first=idx[0],
+                            last=idx[-1],
+                            num_convs=n_convs,
+                            prunable_params=weight(body & prunable_mask, prunable_w),
+                            conv_params=weight(body & conv_mask, conv_w),
+                        )
+                    )
+            if a is source:
+                break
+            a = idom.get(a)
+    return regions
+
+
+def select_regions(
+    regions: Sequence[Region], accept: Optional[Callable[[Region], bool]] = None
+) -> List[Region]:
+    """The disjoint regions that cover the most prunable parameters.
+
+    Ties go to fewer blocks, then to blocks holding more nodes (fewer frame ops between
+    blocks). ``accept`` can veto a region (e.g. one with nothing to prune); vetoed
+    regions are dropped and the choice is made again, lazily, so only chosen regions
+    are ever checked.
+    """
+    rejected: Set[Region] = set()
+    checked: Set[Region] = set()
+    while True:
+        pool = sorted((r for r in regions if r not in rejected), key=lambda r: (r.last, r.first))
+        chosen = _schedule(pool)
+        fresh = [r for r in chosen if r not in checked]
+        if accept is None or not fresh:
+            return sorted(chosen, key=lambda r: r.first)
+        for r in fresh:
+            checked.add(r)
+            if not accept(r):
+                rejected.add(r)
+
+
+def _schedule(pool: List[Region]) -> List[Region]:
+    """Weighted interval scheduling; the score is (params, -blocks, nodes)."""
+    ends = [r.last for r in pool]
+    best: List[tuple] = [(0, 0, 0)]
+    take: List[int] = [-1]
+    back: List[int] = [0]
+    for k, r in enumerate(pool):
+        j = bisect.bisect_left(ends, r.first, 0, k)  # regions ending before r starts
+        prev = best[j]
+        with_r = (prev[0] + r.prunable_params, prev[1] - 1, prev[2] + len(r.nodes))
+        if with_r > best[k]:
+            best.append(with_r)
+            take.append(k)
+            back.append(j)
+        else:
+            best.append(best[k])
+            take.append(-1)
+            back.append(k)
+    chosen: List[Region] = []
+    k = len(pool)
+    while k > 0:
+        if take[k] >= 0:
+            chosen.append(pool[take[k]])
+            k = back[k]
+        else:
+            k = back[k]
+    return chosen

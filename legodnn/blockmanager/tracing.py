@@ -1,0 +1,204 @@
+"""Graph capture: trace a model (or its traceable parts) with torch.fx.
+
+Standard layers stay leaf modules, so a conv subclass is one node we can prune rather
+than a tangle of ``F.conv2d`` calls on parameters. When the whole model does not trace
+(torchvision's detectors loop over a list of images), the largest submodules that
+take one tensor and hold prunable layers are traced instead; the rest stays as it is.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from ..errors import TraceError
+
+__all__ = ["TracedPart", "LegoTracer", "trace_model", "PRUNABLE_TYPES", "CONV_TYPES"]
+
+logger = logging.getLogger(__name__)
+
+CONV_TYPES: Tuple[type, ...] = (nn.modules.conv._ConvNd,)
+PRUNABLE_TYPES: Tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear)
+_LEAF_TYPES: Tuple[type, ...] = (
+    nn.modules.conv._ConvNd,
+    nn.Linear,
+    nn.modules.batchnorm._NormBase,
+    nn.GroupNorm,
+    nn.LayerNorm,
+)
+
+
+class LegoTracer(fx.Tracer):
+    """fx tracer that keeps torch.nn layers, and subclasses of the prunable ones, as leaves."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if isinstance(m, _LEAF_TYPES):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+@dataclass
+class TracedPart:
+    """One traced region of the model: the whole model (``path == ""``) or a submodule."""
+
+    path: str
+    graph_module: fx.GraphModule
+    example_input: torch.Tensor
+
+
+def _count_prunable(module: nn.Module) -> int:
+    return sum(isinstance(m, PRUNABLE_TYPES) for m in module.modules())
+
+
+def _concrete_args(module: nn.Module) -> Optional[Dict[str, Any]]:
+    """Defaults of every argument after the first, so fx sees a one-input function.
+
+    Returns None when some later argument has no default (the module needs more than one
+    input and cannot be a single-input part).
+    """
+    params = list(inspect.signature(module.forward).parameters.values())
+    params = [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if not params:
+        return None
+    extra: Dict[str, Any] = {}
+    for p in params[1:]:
+        if p.default is inspect.Parameter.empty:
+            return None
+        extra[p.name] = p.default
+    return extra
+
+
+def _flat_tensors(value: Any) -> List[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        out: List[torch.Tensor] = []
+        for v in value:
+            out.extend(_flat_tensors(v))
+        return out
+    return []
+
+
+def _trace_one(module: nn.Module, example: torch.Tensor) -> fx.GraphModule:
+    """Trace ``module`` for one tensor input, annotate shapes, check it matches eager."""
+    concrete = _concrete_args(module)
+    if concrete is None:
+        raise TraceError(f"{type(module).__name__}.forward takes more than one required input")
+    tracer = LegoTracer()
+    graph = tracer.trace(module, concrete_args=concrete or None)
+    gm = fx.GraphModule(tracer.root, graph, type(module).__name__)
+    # concrete_args leave guard nodes for the fixed arguments; keep only the tensor input
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for ph in placeholders[1:]:
+        if ph.users:
+            raise TraceError("the traced graph uses an argument other than the input tensor")
+        gm.graph.erase_node(ph)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    with torch.no_grad():
+        ShapeProp(gm).propagate(example)
+        expected = _flat_tensors(module(example))
+        got = _flat_tensors(gm(example))
+    if len(expected) != len(got) or any(
+        e.shape != g.shape or not torch.equal(e, g) for e, g in zip(expected, got)
+    ):
+        raise TraceError("the traced graph's output differs from the eager output")
+    return gm
+
+
+def _capture_inputs(
+    model: nn.Module, paths: Sequence[str], run: Callable[[], Any]
+) -> Dict[str, Tuple[Any, ...]]:
+    """Run the model once and record the first positional inputs of each named submodule."""
+    seen: Dict[str, Tuple[Any, ...]] = {}
+    handles = []
+    modules = dict(model.named_modules())
+    for path in paths:
+
+        def hook(_m: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any], path: str = path) -> None:
+            if path not in seen:
+                seen[path] = (args, kwargs)
+
+        handles.append(modules[path].register_forward_pre_hook(hook, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def trace_model(
+    model: nn.Module, run_dummy: Callable[[], Any], paths: Optional[Sequence[str]] = None
+) -> List[TracedPart]:
+    """Trace the whole model, or else the largest single-tensor submodules with prunable layers.
+
+    ``run_dummy`` runs the model on a dummy input (the model manager's dummy forward); it
+    is how the example input of every part is found. ``paths`` traces exactly these
+    parts (as recorded in a blocks directory) instead of searching. The model is put in
+    eval mode for the trace (so BatchNorm statistics are not touched) and restored.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        if paths is None:
+            return _trace_parts(model, run_dummy)
+        try:
+            inputs = _capture_inputs(model, list(paths), run_dummy)
+            return [TracedPart(p, _trace_one(model.get_submodule(p), inputs[p][0][0]), inputs[p][0][0]) for p in paths]
+        except Exception as exc:
+            raise TraceError(f"cannot trace the parts {list(paths)} of this model: {exc}") from exc
+    finally:
+        model.train(was_training)
+
+
+def _trace_parts(model: nn.Module, run_dummy: Callable[[], Any]) -> List[TracedPart]:
+    parts: List[TracedPart] = []
+    failures: Dict[str, str] = {}
+    frontier = [""]
+    while frontier:
+        inputs = _capture_inputs(model, frontier, run_dummy)
+        next_frontier: List[str] = []
+        for path in frontier:
+            module = model.get_submodule(path)
+            if path in inputs:
+                args, kwargs = inputs[path]
+                if len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
+                    try:
+                        gm = _trace_one(module, args[0])
+                    except Exception as exc:  # any fx failure means: look deeper
+                        failures[path or "<model>"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                    else:
+                        parts.append(TracedPart(path, gm, args[0].detach()))
+                        continue
+                else:
+                    failures[path or "<model>"] = "takes something other than one tensor"
+            for name, child in module.named_children():
+                if isinstance(child, PRUNABLE_TYPES) or _count_prunable(child) == 0:
+                    continue
+                child_path = f"{path}.{name}" if path else name
+                next_frontier.append(child_path)
+        frontier = next_frontier
+    if not parts:
+        detail = "; ".join(f"{k}: {v}" for k, v in failures.items())
+        raise TraceError(
+            "legodnn could not trace the model or any submodule that holds convolutions "
+            f"with torch.fx ({detail}). Make the forward free of data-dependent Python "
+            "control flow, or wrap such code in a function registered with torch.fx.wrap."
+        )
+    if parts[0].path:
+        logger.info(
+            "the whole model does not trace (%s); traced parts: %s",
+            failures.get("<model>", "?"),
+            ", ".join(p.path for p in parts),
+        )
+    return parts
