@@ -1,0 +1,1 @@
+"""Image classification: models (and, later, data and model managers)."""

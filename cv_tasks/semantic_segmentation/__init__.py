@@ -1,0 +1,1 @@
+"""Semantic segmentation: models (and, later, data and model managers)."""

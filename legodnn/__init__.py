@@ -1,0 +1,42 @@
+"""legodnn: block-grained scaling of deep neural networks for edge devices."""
+
+from .blockmanager import (
+    AutoBlockManager as AutoBlockManager,
+    BlockSpec as BlockSpec,
+    BlockStore as BlockStore,
+    BlockSwitcher as BlockSwitcher,
+    DescendantSpec as DescendantSpec,
+    LegoModel as LegoModel,
+    SwitchResult as SwitchResult,
+)
+from .errors import (
+    CorruptedStoreError as CorruptedStoreError,
+    FingerprintMismatchError as FingerprintMismatchError,
+    InvalidSparsityError as InvalidSparsityError,
+    LegoDNNError as LegoDNNError,
+    NoBlocksError as NoBlocksError,
+    StoreError as StoreError,
+    TraceError as TraceError,
+)
+from .model_manager import AbstractModelManager as AbstractModelManager, CommonModelManager as CommonModelManager
+from .version import __version__ as __version__
+
+__all__ = [
+    "AbstractModelManager",
+    "AutoBlockManager",
+    "BlockSpec",
+    "BlockStore",
+    "BlockSwitcher",
+    "CommonModelManager",
+    "CorruptedStoreError",
+    "DescendantSpec",
+    "FingerprintMismatchError",
+    "InvalidSparsityError",
+    "LegoDNNError",
+    "LegoModel",
+    "NoBlocksError",
+    "StoreError",
+    "SwitchResult",
+    "TraceError",
+    "__version__",
+]

@@ -1,0 +1,228 @@
+"""BlockSwitcher: a live model whose blocks are swapped for descendants in place.
+
+The device holds the user's model code; the switcher traces it the same way the block
+manager did, checks the architecture fingerprint, takes every weight from the blocks
+directory and serves ``switcher.model``. A switch builds a new configuration that
+shares every unchanged module with the old one and installs it with one attribute
+assignment: a forward that started before the switch finishes on the old blocks.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from ..errors import CorruptedStoreError, InvalidSparsityError, StoreError
+from .auto_block_manager import dummy_runner
+from .channels import analyze_channels
+from .fingerprint import architecture_fingerprint
+from .measure import count_bytes
+from .partition import Partition, replace_modules
+from .pruning import build_descendant
+from .store import BlockStore
+from .tracing import trace_model
+
+__all__ = ["BlockSwitcher", "LegoModel", "SwitchResult"]
+
+Sparsities = Union[Sequence[float], Mapping[str, float]]
+
+
+@dataclass(frozen=True)
+class SwitchResult:
+    """What one :meth:`BlockSwitcher.switch` did."""
+
+    sparsities: Tuple[float, ...]  # the configuration now live, in block order
+    changed: Tuple[str, ...]  # blocks that were replaced
+    from_disk: Tuple[str, ...]  # of those, the ones read from the blocks directory
+    bytes_loaded: int  # bytes read from disk
+    seconds: float
+
+
+class LegoModel(nn.Module):
+    """The live model. ``body`` is one complete configuration, replaced as a whole."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        body = self.body  # read once: a concurrent switch cannot mix configurations
+        return body(*args, **kwargs)
+
+
+class BlockSwitcher:
+    """Serve a model assembled from a blocks directory and switch its blocks live.
+
+    ``model`` is the teacher's architecture (its weights may be random: every weight
+    comes from the store). Descendants already built stay cached in memory up to
+    ``cache_bytes``; the live ones never leave the cache.
+    """
+
+    def __init__(
+        self,
+        blocks_dir: str,
+        model: nn.Module,
+        device: str = "cpu",
+        cache_bytes: int = 256 * 2**20,
+        model_manager: Any = None,
+    ) -> None:
+        self.store = BlockStore(blocks_dir)
+        self.device = device
+        self.cache_bytes = int(cache_bytes)
+        self.block_sparsity = self.store.block_sparsity
+        model = copy.deepcopy(model).to(device)
+        input_size = tuple(self.store.manifest["model_input_size"])
+        runner = dummy_runner(model, model_manager, input_size, device)
+        paths = [p["path"] for p in self.store.manifest["parts"]]
+        parts = trace_model(model, runner, paths=paths)
+        self.store.check_fingerprint(architecture_fingerprint(model, parts))
+        self.partition = Partition.from_specs(parts, self.store.blocks)
+        self.block_names = [s.name for s in self.partition.specs]
+        self._analyses = {n: analyze_channels(b) for n, b in self.partition.blocks.items()}
+        body = self.partition.compose(model, self.partition.blocks)
+        self._load_frame(body)
+        for name, block in self.partition.blocks.items():
+            self._load_into(block, name, 0.0)
+        self.model = LegoModel(body)
+        self.model.train(model.training)
+        self._current: Dict[str, float] = {n: 0.0 for n in self.block_names}
+        self._cache: "OrderedDict[Tuple[str, float], Tuple[nn.Module, int]]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    # -- loading ----------------------------------------------------------------
+    def _load_frame(self, body: nn.Module) -> None:
+        frame = self.store.manifest["frame"]
+        state = self.store.load_tensors(frame["file"], frame["sha256"])
+        block_prefixes = tuple(self.partition.block_path(n) + "." for n in self.block_names)
+        try:
+            missing, unexpected = body.load_state_dict(state, strict=False)
+        except RuntimeError as exc:
+            raise CorruptedStoreError(f"frame weights do not fit the model: {exc}") from exc
+        missing = [k for k in missing if not k.startswith(block_prefixes)]
+        if missing or unexpected:
+            raise CorruptedStoreError(
+                f"frame weights do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]}); "
+                "extract the blocks again for this model"
+            )
+
+    def _load_into(self, module: nn.Module, name: str, sparsity: float) -> int:
+        desc = self.store.descendant(name, sparsity)
+        state = self.store.load_tensors(desc.file, desc.sha256)
+        try:
+            module.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise CorruptedStoreError(
+                f"weights of {name} at sparsity {sparsity} do not fit its recorded architecture: {exc}"
+            ) from exc
+        return sum(t.numel() * t.element_size() for t in state.values())
+
+    def _build(self, name: str, sparsity: float) -> Tuple[nn.Module, int]:
+        """A descendant from its spec and stored weights; returns it and the bytes read."""
+        if sparsity == 0.0:
+            return self.partition.blocks[name], 0
+        desc = self.store.descendant(name, sparsity)
+        try:
+            module = build_descendant(self.partition.blocks[name], desc.kept, self._analyses[name])
+        except ValueError as exc:
+            raise CorruptedStoreError(f"the recorded architecture of {name} at sparsity {sparsity} is invalid: {exc}") from exc
+        loaded = self._load_into(module, name, sparsity)
+        module.to(self.device)
+        return module, loaded
+
+    def _get(self, name: str, sparsity: float) -> Tuple[nn.Module, int]:
+        key = (name, sparsity)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit[0], 0
+        module, loaded = self._build(name, sparsity)
+        self._cache[key] = (module, count_bytes(module))
+        return module, loaded
+
+    def _evict(self) -> None:
+        live = {(n, s) for n, s in self._current.items()}
+        total = sum(size for _, size in self._cache.values())
+        for key in list(self._cache):
+            if total <= self.cache_bytes:
+                break
+            if key not in live:
+                total -= self._cache.pop(key)[1]
+
+    # -- public -----------------------------------------------------------------
+    @property
+    def sparsities(self) -> List[float]:
+        """The live configuration, in block order."""
+        return [self._current[n] for n in self.block_names]
+
+    def _normalize(self, sparsities: Sparsities) -> Dict[str, float]:
+        if isinstance(sparsities, Mapping):
+            unknown = set(sparsities) - set(self.block_names)
+            if unknown:
+                raise InvalidSparsityError(f"unknown block names {sorted(unknown)}; blocks are {self.block_names}")
+            wanted = dict(self._current)
+            wanted.update({k: float(v) for k, v in sparsities.items()})
+        else:
+            values = list(sparsities)
+            if len(values) != len(self.block_names):
+                raise InvalidSparsityError(
+                    f"got {len(values)} sparsities for {len(self.block_names)} blocks; give one per block "
+                    "(in block order) or a dict by block name"
+                )
+            wanted = {n: float(v) for n, v in zip(self.block_names, values)}
+        for name, s in wanted.items():
+            match = [a for a in self.block_sparsity if abs(a - s) < 1e-9]
+            if not match:
+                raise InvalidSparsityError(
+                    f"block {name}: sparsity {s} is not in the blocks directory; available {self.block_sparsity}"
+                )
+            wanted[name] = match[0]
+        return wanted
+
+    def switch(self, sparsities: Sparsities) -> SwitchResult:
+        """Install a configuration, replacing only the blocks whose sparsity changes."""
+        wanted = self._normalize(sparsities)
+        with self._lock:
+            start = time.perf_counter()
+            changes: Dict[str, nn.Module] = {}
+            from_disk: List[str] = []
+            loaded = 0
+            for name in self.block_names:
+                if wanted[name] == self._current[name]:
+                    continue
+                module, n_bytes = self._get(name, wanted[name])
+                if n_bytes:
+                    from_disk.append(name)
+                    loaded += n_bytes
+                module.train(self.model.training)
+                changes[self.partition.block_path(name)] = module
+            if changes:
+                self.model.body = replace_modules(self.model.body, changes)
+                self._current = wanted
+                self._evict()
+            seconds = time.perf_counter() - start
+        return SwitchResult(
+            sparsities=tuple(self.sparsities),
+            changed=tuple(n for n in self.block_names if self.partition.block_path(n) in changes),
+            from_disk=tuple(from_disk),
+            bytes_loaded=loaded,
+            seconds=seconds,
+        )
+
+    def preload(self, sparsities: Optional[Sequence[float]] = None) -> None:
+        """Build and cache descendants ahead of time (all sparsities by default)."""
+        with self._lock:
+            for name in self.block_names:
+                for s in sparsities if sparsities is not None else self.block_sparsity:
+                    self._get(name, self._normalize({name: s})[name])
+            self._evict()
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()

@@ -1,0 +1,169 @@
+"""AutoBlockManager and BlockSwitcher over the model zoo x sparsities."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from legodnn import AutoBlockManager, BlockSwitcher
+from legodnn.blockmanager.measure import count_bytes, count_flops, count_params
+from legodnn.blockmanager.store import BlockStore
+
+from zoo import MODELS, RATIOS, build, flat_outputs
+
+SPARSITIES = [0.0, 0.3, 0.6, 0.8]
+FAST = [n for n in MODELS if n not in ("tv_resnet50", "frcnn_mobilenet_v3")]
+SLOW = ["tv_resnet50", "frcnn_mobilenet_v3"]
+ALL = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in MODELS]
+
+
+class Extracted:
+    def __init__(self, name: str, root: Path) -> None:
+        self.name = name
+        self.model = build(name)
+        self.input_size = MODELS[name][1]
+        self.manager = AutoBlockManager(
+            SPARSITIES, self.model, None, self.input_size, RATIOS.get(name, 0.125), verbose=False
+        )
+        self.blocks_dir = root / name
+        self.manager.extract_all_blocks(str(self.blocks_dir))
+        torch.manual_seed(123)
+        self.x = torch.rand((2,) + self.input_size[1:])
+        with torch.no_grad():
+            self.reference = flat_outputs(self.model(self.x))
+
+    def composed(self, sparsity: float) -> nn.Module:
+        blocks = {s.name: self.manager.get_descendant(s.name, sparsity) for s in self.manager.blocks}
+        return self.manager.compose(blocks)
+
+
+@pytest.fixture(scope="module", params=ALL)
+def ex(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Extracted:
+    return Extracted(request.param, tmp_path_factory.mktemp("blocks"))
+
+
+def _run(model: nn.Module, x: torch.Tensor) -> list:
+    with torch.no_grad():
+        return flat_outputs(model(x))
+
+
+def test_blocks_found(ex: Extracted) -> None:
+    m = ex.manager
+    assert len(m.blocks) >= 1
+    assert all(s.num_convs <= m.max_convs_per_block for s in m.blocks)
+    names = [s.name for s in m.blocks]
+    assert len(set(names)) == len(names)
+    # blocks are disjoint
+    seen: set = set()
+    for s in m.blocks:
+        key = {(s.part, n) for n in s.nodes}
+        assert not key & seen
+        seen |= key
+
+
+@pytest.mark.parametrize(
+    "name, minimum",
+    [("cifar_resnet18", 0.9), ("cifar_vgg16", 0.9), ("cifar_mobilenetv2", 0.9), ("tv_resnet18", 0.9),
+     ("tv_mobilenet_v2", 0.9)],
+)
+def test_coverage(name: str, minimum: float) -> None:
+    m = AutoBlockManager(SPARSITIES, build(name), None, MODELS[name][1], verbose=False)
+    assert m.coverage >= minimum
+
+
+@pytest.mark.slow
+def test_coverage_torchvision_vgg16_bn() -> None:
+    import torchvision
+
+    m = AutoBlockManager(SPARSITIES, torchvision.models.vgg16_bn(num_classes=10).eval(), None, (1, 3, 32, 32),
+                         verbose=False)
+    assert m.coverage >= 0.9
+
+
+def test_sparsity_zero_is_exact(ex: Extracted) -> None:
+    out = _run(ex.manager.compose(), ex.x)
+    assert len(out) == len(ex.reference)
+    assert all(torch.equal(a, b) for a, b in zip(out, ex.reference))
+    out0 = _run(ex.composed(0.0), ex.x)
+    assert all(torch.equal(a, b) for a, b in zip(out0, ex.reference))
+
+
+@pytest.mark.parametrize("sparsity", SPARSITIES[1:])
+def test_descendants_run_and_shrink(ex: Extracted, sparsity: float) -> None:
+    m = ex.manager
+    out = _run(ex.composed(sparsity), ex.x)
+    if ex.name != "frcnn_mobilenet_v3":  # detections vary in number
+        assert [o.shape for o in out] == [r.shape for r in ex.reference]
+    assert all(torch.isfinite(o).all() for o in out)
+    for spec in m.blocks:
+        block = m.get_descendant(spec.name, sparsity)
+        y = block(torch.rand(spec.input_shape))
+        assert tuple(y.shape) == spec.output_shape
+        assert count_params(block) < count_params(m.get_block(spec.name))
+
+
+def test_params_fall_as_sparsity_rises(ex: Extracted) -> None:
+    m = ex.manager
+    for spec in m.blocks:
+        params = [count_params(m.get_descendant(spec.name, s)) for s in SPARSITIES]
+        assert params == sorted(params, reverse=True) and params[0] > params[-1], (spec.name, params)
+
+
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+def test_gradient_reaches_every_parameter(ex: Extracted, sparsity: float) -> None:
+    for spec in ex.manager.blocks:
+        block = ex.manager.get_descendant(spec.name, sparsity).train()
+        batch = (2,) + tuple(spec.input_shape[1:])
+        block(torch.rand(batch)).square().mean().backward()
+        for pname, p in block.named_parameters():
+            assert p.grad is not None, f"{spec.name}.{pname} got no gradient"
+            assert torch.isfinite(p.grad).all()
+
+
+def test_manifest_numbers_are_real(ex: Extracted) -> None:
+    store = BlockStore(ex.blocks_dir)
+    assert store.fingerprint == ex.manager.fingerprint
+    assert store.block_sparsity == SPARSITIES
+    for spec in ex.manager.blocks:
+        for s in SPARSITIES:
+            d = store.descendant(spec.name, s)
+            block = ex.manager.get_descendant(spec.name, s)
+            assert d.params == count_params(block)
+            assert d.bytes == count_bytes(block)
+            assert d.flops == count_flops(block, spec.input_shape)
+
+
+def test_switcher_matches_and_swaps_back(ex: Extracted) -> None:
+    fresh = MODELS[ex.name][0]()  # random weights: everything must come from the store
+    switcher = BlockSwitcher(str(ex.blocks_dir), fresh.eval())
+    first = _run(switcher.model, ex.x)
+    assert all(torch.equal(a, b) for a, b in zip(first, ex.reference))
+    n = len(ex.manager.blocks)
+    for s in SPARSITIES[1:]:
+        result = switcher.switch([s] * n)
+        assert set(result.changed) == set(ex.manager.block_names)
+        loaded = _run(switcher.model, ex.x)
+        built = _run(ex.composed(s), ex.x)  # save then load gives the identical model
+        assert all(torch.equal(a, b) for a, b in zip(loaded, built))
+    result = switcher.switch([0.0] * n)
+    back = _run(switcher.model, ex.x)
+    assert all(torch.equal(a, b) for a, b in zip(back, ex.reference))
+    # one block out and back in, from the cache
+    mixed = [0.0] * n
+    mixed[-1] = 0.6
+    r1 = switcher.switch(mixed)
+    assert r1.changed == (ex.manager.block_names[-1],) and r1.bytes_loaded == 0
+    r2 = switcher.switch([0.0] * n)
+    assert r2.changed == (ex.manager.block_names[-1],)
+    assert all(torch.equal(a, b) for a, b in zip(_run(switcher.model, ex.x), ex.reference))
+
+
+def test_store_loads_without_pickle(ex: Extracted) -> None:
+    manifest = json.loads((ex.blocks_dir / "manifest.json").read_text())
+    files = {d["file"] for b in manifest["blocks"] for d in b["descendants"]} | {manifest["frame"]["file"]}
+    assert all(f.endswith(".safetensors") for f in files)
+    assert {p.name for p in ex.blocks_dir.iterdir()} == files | {"manifest.json"}
