@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import fx, nn
 from tqdm.auto import tqdm
 
-from ..errors import InvalidSparsityError, LegoDNNError, NoBlocksError, TraceError
+from ..errors import InvalidSparsityError, LegoDNNError, NoBlocksError, StoreError, TraceError
 from ..version import __version__
 from .channels import ChannelAnalysis, analyze_channels
 from .fingerprint import architecture_fingerprint
@@ -20,7 +20,8 @@ from .partition import Partition, extract_block
 from .pruning import build_descendant, plan_pruning
 from .regions import Region, find_candidate_regions, select_regions
 from .specs import BlockSpec, DescendantSpec
-from .store import FORMAT_VERSION, StoreWriter, sparsity_tag
+from .loading import load_descendant
+from .store import FORMAT_VERSION, BlockStore, StoreWriter, sparsity_tag
 from .tracing import CONV_TYPES, TracedPart, trace_model
 
 __all__ = ["AutoBlockManager", "validate_sparsities", "dummy_runner"]
@@ -94,6 +95,7 @@ class AutoBlockManager:
         self.parts = self._trace()
         self.fingerprint = architecture_fingerprint(self.model, self.parts)
         self._analyses: Dict[str, ChannelAnalysis] = {}
+        self._teacher: Optional[nn.Module] = None
         self.partition = self._find_blocks()
         self._analyses = {s.name: self._analysis(s.name) for s in self.partition.specs}
         self.find_seconds = time.perf_counter() - start
@@ -172,6 +174,31 @@ class AutoBlockManager:
     def get_descendant(self, name: str, sparsity: float) -> fx.GraphModule:
         """A fresh, untrained descendant of a block (a copy; the teacher is untouched)."""
         return build_descendant(self.get_block(name), self.pruning_plan(name, sparsity), self._analysis(name))
+
+    def open_store(self, blocks_dir: Union[str, BlockStore]) -> BlockStore:
+        """Open a blocks directory and check it was written for this model and sparsities."""
+        store = blocks_dir if isinstance(blocks_dir, BlockStore) else BlockStore(blocks_dir)
+        store.check_fingerprint(self.fingerprint)
+        if store.block_sparsity != self.block_sparsity or [b.name for b in store.blocks] != self.block_names:
+            raise StoreError(
+                f"blocks directory {str(store.root)!r} holds blocks {[b.name for b in store.blocks]} at "
+                f"sparsities {store.block_sparsity}, but this block manager has {self.block_names} at "
+                f"{self.block_sparsity}; extract the blocks again with this block manager"
+            )
+        return store
+
+    def load_descendant(self, blocks_dir: Union[str, BlockStore], name: str, sparsity: float) -> nn.Module:
+        """A descendant with the weights stored in ``blocks_dir`` (a new module, on ``device``)."""
+        store = self.open_store(blocks_dir)
+        module, _ = load_descendant(store, self.get_block(name), self._analysis(name), name, sparsity)
+        return module.to(self.device)
+
+    @property
+    def teacher(self) -> nn.Module:
+        """The teacher as frame + original blocks (built once; hooks on blocks see its runs)."""
+        if self._teacher is None:
+            self._teacher = self.compose()
+        return self._teacher
 
     def compose(self, blocks: Optional[Dict[str, nn.Module]] = None) -> nn.Module:
         """The teacher with its blocks replaced by ``blocks`` (by name; others stay original).

@@ -24,7 +24,18 @@ from ..errors import CorruptedStoreError, FingerprintMismatchError, StoreError
 from ..version import __version__
 from .specs import BlockSpec, DescendantSpec
 
-__all__ = ["MANIFEST_NAME", "FORMAT_VERSION", "StoreWriter", "BlockStore", "atomic_write_text", "sparsity_tag"]
+__all__ = [
+    "MANIFEST_NAME",
+    "FORMAT_VERSION",
+    "StoreWriter",
+    "BlockStore",
+    "atomic_write_text",
+    "copy_file_atomic",
+    "remove_manifest",
+    "sparsity_tag",
+    "write_file_atomic",
+    "write_manifest",
+]
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -92,6 +103,42 @@ class StoreWriter:
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def write_file_atomic(path: PathLike, tensors: Mapping[str, torch.Tensor]) -> str:
+    """Save a safetensors file via a temporary name and a rename; returns its SHA-256."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        save_file(_to_cpu(tensors), str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return _sha256(path)
+
+
+def copy_file_atomic(src: PathLike, dst: PathLike) -> None:
+    dst = Path(dst)
+    tmp = dst.parent / f".{dst.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_manifest(blocks_dir: PathLike, manifest: Dict[str, Any]) -> None:
+    """Write the manifest last: its presence is what marks a store complete."""
+    atomic_write_text(Path(blocks_dir) / MANIFEST_NAME, json.dumps(manifest, indent=1))
+
+
+def remove_manifest(blocks_dir: PathLike) -> None:
+    """Mark a store incomplete before rewriting its files in place."""
+    path = Path(blocks_dir) / MANIFEST_NAME
+    if path.exists():
+        path.unlink()
 
 
 class BlockStore:

@@ -19,13 +19,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from ..errors import CorruptedStoreError, InvalidSparsityError, StoreError
+from ..errors import CorruptedStoreError, InvalidSparsityError
 from .auto_block_manager import dummy_runner
 from .channels import analyze_channels
 from .fingerprint import architecture_fingerprint
 from .measure import count_bytes
 from .partition import Partition, replace_modules
-from .pruning import build_descendant
+from .loading import load_descendant, load_state_into
 from .store import BlockStore
 from .tracing import trace_model
 
@@ -89,7 +89,7 @@ class BlockSwitcher:
         body = self.partition.compose(model, self.partition.blocks)
         self._load_frame(body)
         for name, block in self.partition.blocks.items():
-            self._load_into(block, name, 0.0)
+            load_state_into(self.store, block, name, 0.0)
         self.model = LegoModel(body)
         self.model.train(model.training)
         self._current: Dict[str, float] = {n: 0.0 for n in self.block_names}
@@ -112,29 +112,14 @@ class BlockSwitcher:
                 "extract the blocks again for this model"
             )
 
-    def _load_into(self, module: nn.Module, name: str, sparsity: float) -> int:
-        desc = self.store.descendant(name, sparsity)
-        state = self.store.load_tensors(desc.file, desc.sha256)
-        try:
-            module.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise CorruptedStoreError(
-                f"weights of {name} at sparsity {sparsity} do not fit its recorded architecture: {exc}"
-            ) from exc
-        return sum(t.numel() * t.element_size() for t in state.values())
-
     def _build(self, name: str, sparsity: float) -> Tuple[nn.Module, int]:
         """A descendant from its spec and stored weights; returns it and the bytes read."""
         if sparsity == 0.0:
             return self.partition.blocks[name], 0
-        desc = self.store.descendant(name, sparsity)
-        try:
-            module = build_descendant(self.partition.blocks[name], desc.kept, self._analyses[name])
-        except ValueError as exc:
-            raise CorruptedStoreError(f"the recorded architecture of {name} at sparsity {sparsity} is invalid: {exc}") from exc
-        loaded = self._load_into(module, name, sparsity)
-        module.to(self.device)
-        return module, loaded
+        module, loaded = load_descendant(
+            self.store, self.partition.blocks[name], self._analyses[name], name, sparsity
+        )
+        return module.to(self.device), loaded
 
     def _get(self, name: str, sparsity: float) -> Tuple[nn.Module, int]:
         key = (name, sparsity)

@@ -11,14 +11,22 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Sequence
-from typing import Any, Union
+from typing import Any, Protocol, Union
 
 import torch
 from torch import nn
 
-__all__ = ["AbstractModelManager", "Device"]
+__all__ = ["AbstractModelManager", "Device", "MetricAccumulator"]
 
 Device = Union[str, torch.device]
+
+
+class MetricAccumulator(Protocol):
+    """Scores a model batch by batch: ``update`` with each batch's outputs, then ``compute``."""
+
+    def update(self, outputs: Any, batch_data: Sequence[Any]) -> None: ...
+
+    def compute(self) -> float: ...
 
 
 class AbstractModelManager(abc.ABC):
@@ -27,6 +35,19 @@ class AbstractModelManager(abc.ABC):
     Units: accuracy as a fraction in [0, 1] (or the task's own metric), size in bytes,
     FLOPs as 2 x multiply-adds, latency in seconds.
     """
+
+    #: the name of what ``get_model_acc`` returns (e.g. "accuracy", "mAP@0.5", "mIoU")
+    metric_name: str = "accuracy"
+
+    def metric_accumulator(self) -> MetricAccumulator:
+        """A fresh accumulator for the task's metric, fed the outputs of
+        ``forward_to_gen_mid_data`` batch by batch.
+
+        Optional: it lets the block profiler score every candidate block in one pass over
+        the test set, reusing the teacher's activations. Managers without one are
+        profiled with a full ``get_model_acc`` pass per candidate.
+        """
+        raise NotImplementedError
 
     @abc.abstractmethod
     def forward_to_gen_mid_data(

@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from legodnn.model_manager.abstract_model_manager import AbstractModelManager, Device
 
-__all__ = ["CommonModelManager"]
+__all__ = ["CommonModelManager", "TopKAccuracy"]
 
 
 @contextlib.contextmanager
@@ -49,6 +49,26 @@ def _synchronize(device: torch.device) -> None:
     """Wait for queued GPU work, so a timer measures the work and not its launch."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class TopKAccuracy:
+    """Top-k accuracy accumulated over batches of ``(data, target)``."""
+
+    def __init__(self, k: int = 1) -> None:
+        self.k = k
+        self.correct = 0
+        self.total = 0
+
+    def update(self, outputs: torch.Tensor, batch_data: Sequence[Any]) -> None:
+        target = batch_data[1].to(outputs.device)
+        top = outputs.topk(self.k, dim=1).indices
+        self.correct += int((top == target.unsqueeze(1)).any(dim=1).sum().item())
+        self.total += target.numel()
+
+    def compute(self) -> float:
+        if self.total == 0:
+            raise ValueError("test_loader yielded no samples; cannot compute accuracy")
+        return self.correct / self.total
 
 
 class CommonModelManager(AbstractModelManager):
@@ -80,24 +100,19 @@ class CommonModelManager(AbstractModelManager):
         with _eval_mode(model), torch.no_grad():
             return model(data)
 
+    def metric_accumulator(self) -> "TopKAccuracy":
+        return TopKAccuracy(k=1)
+
     def get_model_acc(self, model: nn.Module, test_loader: Iterable[Any], device: Device) -> float:
         """Top-1 accuracy in [0, 1] over every sample of ``test_loader``.
 
         Raises ``ValueError`` if the loader yields no samples, since no accuracy can be
         reported (returning 0.0 would silently rank the model as the worst).
         """
-        model.to(device)
-        correct = 0
-        total = 0
-        with _eval_mode(model), torch.no_grad():
-            for batch in test_loader:
-                data, target = batch[0].to(device), batch[1].to(device)
-                prediction = model(data).argmax(dim=1)
-                correct += int((prediction == target).sum().item())
-                total += target.numel()
-        if total == 0:
-            raise ValueError("test_loader yielded no samples; cannot compute accuracy")
-        return correct / total
+        acc = self.metric_accumulator()
+        for batch in test_loader:
+            acc.update(self.forward_to_gen_mid_data(model, batch, device), batch)
+        return acc.compute()
 
     def get_model_size(self, model: nn.Module) -> int:
         """Bytes held by all parameters and buffers (e.g. BatchNorm running statistics).

@@ -1,0 +1,206 @@
+"""BlockProfiler: the metric drop, size and FLOPs of every descendant block.
+
+One pass over the test set: per batch, the teacher runs once with every frame value
+recorded; each candidate (block, sparsity) then runs only from its block onward
+(:mod:`replay`). The original paid a full test pass per candidate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import fx, nn
+from tqdm.auto import tqdm
+
+from ..blockmanager.auto_block_manager import AutoBlockManager
+from ..blockmanager.measure import count_bytes, count_params
+from ..blockmanager.partition import BLOCK_PREFIX
+from ..blockmanager.store import atomic_write_text
+from ..errors import LegoDNNError
+from .profiles import BlockProfile, ModelProfile
+from .replay import RecordingRun, ReplayFrom
+
+__all__ = ["BlockProfiler", "AccuracyModelReport"]
+
+logger = logging.getLogger(__name__)
+
+Key = Tuple[str, float]
+
+
+@dataclass(frozen=True)
+class AccuracyModelReport:
+    """Estimated (teacher minus summed drops) against measured metric of random compositions."""
+
+    compositions: Tuple[Tuple[float, ...], ...]
+    estimated: Tuple[float, ...]
+    measured: Tuple[float, ...]
+
+    @property
+    def errors(self) -> List[float]:
+        return [e - m for e, m in zip(self.estimated, self.measured)]
+
+    @property
+    def mean_abs_error(self) -> float:
+        return sum(abs(e) for e in self.errors) / len(self.errors)
+
+    @property
+    def max_abs_error(self) -> float:
+        return max(abs(e) for e in self.errors)
+
+
+class BlockProfiler:
+    """Profile every descendant in ``trained_blocks_dir`` on ``test_loader``.
+
+    Writes ``block_profile.json`` and ``block_profile.csv`` into ``trained_blocks_dir``.
+    """
+
+    def __init__(
+        self,
+        teacher_model: nn.Module,
+        block_manager: AutoBlockManager,
+        model_manager: Any,
+        trained_blocks_dir: str,
+        test_loader: Iterable[Any],
+        model_input_size: Sequence[int],
+        device: str = "cpu",
+        verbose: bool = True,
+    ) -> None:
+        self.block_manager = block_manager
+        self.model_manager = model_manager
+        self.trained_dir = Path(trained_blocks_dir)
+        self.store = block_manager.open_store(str(trained_blocks_dir))
+        self.test_loader = test_loader
+        self.model_input_size = tuple(model_input_size)
+        self.device = device
+        self.verbose = verbose
+        self.metric_name = getattr(model_manager, "metric_name", "accuracy")
+
+    def _descendants(self) -> Dict[Key, nn.Module]:
+        bm = self.block_manager
+        return {
+            (b, s): bm.load_descendant(self.store, b, s).eval()
+            for b in bm.block_names
+            for s in bm.block_sparsity
+            if s > 0
+        }
+
+    def _accumulator(self) -> Optional[Any]:
+        try:
+            return self.model_manager.metric_accumulator()
+        except (NotImplementedError, AttributeError):
+            return None
+
+    def _score(self, configs: Dict[Any, Dict[str, nn.Module]], replay: bool) -> Tuple[float, Dict[Any, float], int]:
+        """Teacher metric and the metric of each configuration ({block: module} replacements)."""
+        bm, mm = self.block_manager, self.model_manager
+        if self._accumulator() is None:  # no per-batch metric: full passes, as the original did
+            logger.warning("%s has no metric_accumulator(): profiling with one full test pass per candidate",
+                           type(mm).__name__)
+            teacher = mm.get_model_acc(bm.teacher, self.test_loader, self.device)
+            return teacher, {k: mm.get_model_acc(bm.compose(c), self.test_loader, self.device)
+                             for k, c in configs.items()}, -1
+        frame = bm.teacher
+        can_replay = replay and isinstance(frame, fx.GraphModule) and all(len(c) == 1 for c in configs.values())
+        teacher_acc = mm.metric_accumulator()
+        accs = {k: mm.metric_accumulator() for k in configs}
+        if can_replay:
+            recording = RecordingRun(frame)
+            calls = {n.target[len(BLOCK_PREFIX):]: n for n in frame.graph.nodes
+                     if n.op == "call_module" and n.target.startswith(BLOCK_PREFIX)}
+            runners = {k: ReplayFrom(recording, calls[b], m) for k, c in configs.items() for b, m in c.items()}
+        else:
+            runners = {k: bm.compose(c) for k, c in configs.items()}
+            recording = frame
+        samples = 0
+        bar = tqdm(self.test_loader, desc="profiling blocks", disable=not self.verbose, leave=False)
+        with torch.no_grad():
+            for batch in bar:
+                teacher_acc.update(mm.forward_to_gen_mid_data(recording, batch, self.device), batch)
+                for k, runner in runners.items():
+                    accs[k].update(mm.forward_to_gen_mid_data(runner, batch, self.device), batch)
+                samples += _batch_len(batch)
+        if samples == 0:
+            raise LegoDNNError("test_loader yielded no batches; profiling needs test data")
+        return teacher_acc.compute(), {k: a.compute() for k, a in accs.items()}, samples
+
+    def profile_all_blocks(self) -> ModelProfile:
+        """Measure every (block, sparsity) and write the profile files."""
+        start = time.perf_counter()
+        bm, mm = self.block_manager, self.model_manager
+        descendants = self._descendants()
+        teacher_metric, metrics, samples = self._score({k: {k[0]: m} for k, m in descendants.items()}, replay=True)
+        teacher = bm.model
+        flops, params = mm.get_model_flops_and_param(teacher, self.model_input_size)
+        size = count_bytes(teacher)
+        rows: List[BlockProfile] = []
+        block_bytes = block_flops = block_params = 0
+        for name in bm.block_names:
+            for s in bm.block_sparsity:
+                d = self.store.descendant(name, s)
+                metric = teacher_metric if s == 0 else metrics[(name, s)]
+                rows.append(BlockProfile(name, s, teacher_metric - metric, metric, d.bytes, d.flops, d.params))
+                if s == 0:
+                    block_bytes, block_flops, block_params = block_bytes + d.bytes, block_flops + d.flops, block_params + d.params
+        profile = ModelProfile(
+            metric_name=self.metric_name,
+            teacher_metric=teacher_metric,
+            teacher_size_bytes=size,
+            teacher_flops=int(flops),
+            teacher_params=int(params),
+            frame_size_bytes=size - block_bytes,
+            frame_flops=int(flops) - block_flops,
+            frame_params=int(params) - block_params,
+            fingerprint=bm.fingerprint,
+            num_test_samples=samples,
+            blocks=tuple(rows),
+        )
+        profile.save(self.trained_dir)
+        if self.verbose:
+            tqdm.write(f"profiled {len(descendants)} descendants in {time.perf_counter() - start:.1f} s; "
+                       f"teacher {self.metric_name} {teacher_metric:.4f}")
+        return profile
+
+    def validate_accuracy_model(self, num_compositions: int = 10, seed: int = 0) -> AccuracyModelReport:
+        """Compare teacher-minus-summed-drops with the measured metric of random compositions.
+
+        Needs :meth:`profile_all_blocks` first; writes ``accuracy_model.json``.
+        """
+        profile = ModelProfile.load(self.trained_dir)
+        table = profile.table()
+        bm = self.block_manager
+        rng = random.Random(seed)
+        configs = [tuple(rng.choice(bm.block_sparsity) for _ in bm.block_names) for _ in range(num_compositions)]
+        modules = {}
+        for cfg in configs:
+            for name, s in zip(bm.block_names, cfg):
+                if s > 0 and (name, s) not in modules:
+                    modules[(name, s)] = bm.load_descendant(self.store, name, s).eval()
+        replacements = {i: {n: modules[(n, s)] for n, s in zip(bm.block_names, cfg) if s > 0}
+                        for i, cfg in enumerate(configs)}
+        _, measured, _ = self._score(replacements, replay=False)
+        estimated = [profile.teacher_metric - sum(table[n][s].metric_drop for n, s in zip(bm.block_names, cfg))
+                     for cfg in configs]
+        report = AccuracyModelReport(tuple(configs), tuple(estimated), tuple(measured[i] for i in range(len(configs))))
+        atomic_write_text(
+            self.trained_dir / "accuracy_model.json",
+            json.dumps({"metric_name": profile.metric_name, "compositions": [list(c) for c in configs],
+                        "estimated": list(report.estimated), "measured": list(report.measured),
+                        "mean_abs_error": report.mean_abs_error, "max_abs_error": report.max_abs_error}, indent=1),
+        )
+        return report
+
+
+def _batch_len(batch: Any) -> int:
+    first = batch[0] if isinstance(batch, (list, tuple)) else batch
+    if isinstance(first, torch.Tensor):
+        return int(first.shape[0])
+    if isinstance(first, (list, tuple)):
+        return len(first)
+    return 1

@@ -1,0 +1,253 @@
+"""BlockRetrainer: block-level distillation of every descendant from the teacher's activations.
+
+Per batch, one teacher forward captures every block's input and output; every
+descendant of every block then takes one optimizer step to map the same input to the
+same output. Memory holds one batch of activations, never the data set's. The state
+after each epoch is on disk, so an interrupted run resumes where it stopped; the
+weights with the lowest held-out loss are the ones kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..blockmanager.auto_block_manager import AutoBlockManager
+from ..blockmanager.store import (
+    BlockStore,
+    atomic_write_text,
+    copy_file_atomic,
+    remove_manifest,
+    sparsity_tag,
+    write_file_atomic,
+    write_manifest,
+)
+from ..errors import LegoDNNError
+from .capture import capture_block_io
+from .holdout import split_holdout
+
+__all__ = ["BlockRetrainer", "default_optimizer"]
+
+logger = logging.getLogger(__name__)
+
+Key = Tuple[str, float]
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """Adam at 1e-3: a safe default for regressing a block's output."""
+    return torch.optim.Adam(params, lr=1e-3)
+
+
+class BlockRetrainer:
+    """Retrain every descendant block (sparsity > 0) against the teacher's blocks.
+
+    ``trained_blocks_dir`` becomes a complete blocks directory (the same format as the
+    compressed one, with trained weights) that the profilers and the switcher read, plus
+    ``training/`` with the resume state and the loss history.
+    ``val_loader`` gives the held-out data that picks the best epoch; without one,
+    about 10% of ``train_loader``'s samples (at most 1,000) are held out.
+    """
+
+    def __init__(
+        self,
+        teacher_model: nn.Module,
+        block_manager: AutoBlockManager,
+        model_manager: Any,
+        compressed_blocks_dir: str,
+        trained_blocks_dir: str,
+        max_epoch: int,
+        train_loader: Iterable[Any],
+        val_loader: Optional[Iterable[Any]] = None,
+        device: str = "cpu",
+        optimizer: Optional[OptimizerFactory] = None,
+        loss_fn: Optional[LossFn] = None,
+        verbose: bool = True,
+    ) -> None:
+        if max_epoch < 1:
+            raise ValueError(f"max_epoch must be at least 1, got {max_epoch}")
+        self.teacher = teacher_model
+        self.block_manager = block_manager
+        self.model_manager = model_manager
+        self.store = block_manager.open_store(compressed_blocks_dir)
+        self.trained_dir = Path(trained_blocks_dir)
+        self.max_epoch = int(max_epoch)
+        if val_loader is None:
+            train_loader, val_loader = split_holdout(train_loader)
+        self.train_loader = train_loader
+        self.val_loader = val_loader
+        self.device = device
+        self.optimizer_factory = optimizer or default_optimizer
+        self.loss_fn = loss_fn or F.mse_loss
+        self.verbose = verbose
+
+    # -- state ------------------------------------------------------------------
+    @property
+    def _state_dir(self) -> Path:
+        return self.trained_dir / "training"
+
+    def _file(self, key: Key, kind: str) -> Path:
+        return self._state_dir / f"{key[0]}_s{sparsity_tag(key[1])}.{kind}"
+
+    def _keys(self) -> List[Key]:
+        return [(b, s) for b in self.block_manager.block_names for s in self.block_manager.block_sparsity if s > 0]
+
+    def _load_state(self, students: Dict[Key, nn.Module], optims: Dict[Key, torch.optim.Optimizer]) -> Dict[str, Any]:
+        path = self._state_dir / "state.json"
+        fresh = {"epochs_done": 0, "history": {}, "best_val": {}, "source": self.store.manifest["fingerprint"]}
+        if not path.exists():
+            return fresh
+        state = json.loads(path.read_text(encoding="utf-8"))
+        if state.get("source") != fresh["source"] or state.get("compressed_sha") != self._compressed_sha():
+            raise LegoDNNError(
+                f"{self._state_dir} holds training state for other blocks; delete it (or choose "
+                "another trained_blocks_dir) to start over"
+            )
+        from safetensors.torch import load_file
+
+        for key, student in students.items():
+            student.load_state_dict(load_file(str(self._file(key, "last.safetensors"))))
+            optims[key].load_state_dict(torch.load(self._file(key, "optim.pt"), weights_only=True))
+        logger.info("resuming block training after epoch %d", state["epochs_done"])
+        return state
+
+    def _compressed_sha(self) -> str:
+        import hashlib
+
+        return hashlib.sha256((self.store.root / "manifest.json").read_bytes()).hexdigest()
+
+    def _save_state(
+        self,
+        state: Dict[str, Any],
+        students: Dict[Key, nn.Module],
+        best: Dict[Key, Dict[str, torch.Tensor]],
+        optims: Dict[Key, torch.optim.Optimizer],
+    ) -> None:
+        self._state_dir.mkdir(parents=True, exist_ok=True)
+        for key, student in students.items():
+            write_file_atomic(self._file(key, "last.safetensors"), student.state_dict())
+            write_file_atomic(self._file(key, "best.safetensors"), best[key])
+            tmp = self._file(key, "optim.pt.tmp")
+            torch.save(optims[key].state_dict(), tmp)
+            tmp.replace(self._file(key, "optim.pt"))
+        state["compressed_sha"] = self._compressed_sha()
+        atomic_write_text(self._state_dir / "state.json", json.dumps(state, indent=1))
+
+    # -- training ---------------------------------------------------------------
+    def _capture(self, batch: Any) -> Dict[str, List[Tuple[torch.Tensor, torch.Tensor]]]:
+        return capture_block_io(self.block_manager, self.model_manager, batch, self.device)
+
+    def train_all_blocks(self) -> Dict[str, Dict[str, List[float]]]:
+        """Train every descendant for ``max_epoch`` epochs and write the trained blocks directory.
+
+        Returns the loss history per descendant ("block_3@0.6": {"train": [...], "val": [...]}).
+        """
+        bm = self.block_manager
+        self.trained_dir.mkdir(parents=True, exist_ok=True)
+        students = {key: bm.load_descendant(self.store, *key).to(self.device) for key in self._keys()}
+        optims = {key: self.optimizer_factory(s.parameters()) for key, s in students.items()}
+        state = self._load_state(students, optims)
+        best: Dict[Key, Dict[str, torch.Tensor]] = {}
+        for key, student in students.items():
+            best_file = self._file(key, "best.safetensors")
+            if state["epochs_done"] and best_file.exists():
+                from safetensors.torch import load_file
+
+                best[key] = load_file(str(best_file))
+            else:
+                best[key] = {k: v.detach().clone() for k, v in student.state_dict().items()}
+        for epoch in range(state["epochs_done"], self.max_epoch):
+            train_loss = self._epoch(students, optims, epoch)
+            val_loss = self._validate(students)
+            for key in students:
+                name = f"{key[0]}@{key[1]:g}"
+                hist = state["history"].setdefault(name, {"train": [], "val": []})
+                hist["train"].append(train_loss[key])
+                hist["val"].append(val_loss[key])
+                if val_loss[key] < state["best_val"].get(name, math.inf):
+                    state["best_val"][name] = val_loss[key]
+                    best[key] = {k: v.detach().clone() for k, v in students[key].state_dict().items()}
+            state["epochs_done"] = epoch + 1
+            self._save_state(state, students, best, optims)
+            if self.verbose:
+                mean_val = sum(val_loss.values()) / max(1, len(val_loss))
+                tqdm.write(f"epoch {epoch + 1}/{self.max_epoch}: mean held-out block MSE {mean_val:.4g}")
+        self._write_store(best, state)
+        return state["history"]
+
+    def _epoch(self, students: Dict[Key, nn.Module], optims: Dict[Key, torch.optim.Optimizer], epoch: int) -> Dict[Key, float]:
+        sums = {key: 0.0 for key in students}
+        counts = {key: 0 for key in students}
+        for s in students.values():
+            s.train()
+        bar = tqdm(self.train_loader, desc=f"block training {epoch + 1}/{self.max_epoch}", disable=not self.verbose, leave=False)
+        n_batches = 0
+        for batch in bar:
+            n_batches += 1
+            captured = self._capture(batch)
+            for key, student in students.items():
+                for x, y in captured[key[0]]:
+                    optims[key].zero_grad(set_to_none=True)
+                    loss = self.loss_fn(student(x), y)
+                    value = float(loss.detach())
+                    if not math.isfinite(value):
+                        raise LegoDNNError(
+                            f"block {key[0]} at sparsity {key[1]}: the loss became {value} in epoch {epoch + 1}; "
+                            "lower the learning rate (optimizer=...) or check the data. Completed epochs are "
+                            f"saved in {self._state_dir}"
+                        )
+                    loss.backward()
+                    optims[key].step()
+                    sums[key] += value
+                    counts[key] += 1
+        if n_batches == 0:
+            raise LegoDNNError("train_loader yielded no batches; block retraining needs training data")
+        return {key: sums[key] / max(1, counts[key]) for key in students}
+
+    @torch.no_grad()
+    def _validate(self, students: Dict[Key, nn.Module]) -> Dict[Key, float]:
+        sums = {key: 0.0 for key in students}
+        counts = {key: 0 for key in students}
+        for s in students.values():
+            s.eval()
+        for batch in self.val_loader:
+            captured = self._capture(batch)
+            for key, student in students.items():
+                for x, y in captured[key[0]]:
+                    sums[key] += float(self.loss_fn(student(x), y)) * len(x)
+                    counts[key] += len(x)
+        if not any(counts.values()):
+            raise LegoDNNError("the held-out loader yielded no samples; give val_loader or more training data")
+        return {key: sums[key] / max(1, counts[key]) for key in students}
+
+    def _write_store(self, best: Dict[Key, Dict[str, torch.Tensor]], state: Dict[str, Any]) -> None:
+        """The trained blocks directory: the compressed store's files with trained weights."""
+        manifest = copy.deepcopy(self.store.manifest)
+        remove_manifest(self.trained_dir)
+        copy_file_atomic(self.store.root / manifest["frame"]["file"], self.trained_dir / manifest["frame"]["file"])
+        for block in manifest["blocks"]:
+            for desc in block["descendants"]:
+                key = (block["spec"]["name"], float(desc["sparsity"]))
+                target = self.trained_dir / desc["file"]
+                if key in best:
+                    desc["sha256"] = write_file_atomic(target, best[key])
+                else:
+                    copy_file_atomic(self.store.root / desc["file"], target)
+        manifest["trained"] = {
+            "epochs": state["epochs_done"],
+            "best_val_loss": state["best_val"],
+            "loss": getattr(self.loss_fn, "__name__", type(self.loss_fn).__name__),
+        }
+        atomic_write_text(self._state_dir / "history.json", json.dumps(state["history"], indent=1))
+        write_manifest(self.trained_dir, manifest)
+        BlockStore(self.trained_dir)  # read back: a store we cannot open must fail here, not on the device
