@@ -18,12 +18,21 @@ from .errors import (
     StoreError as StoreError,
     TraceError as TraceError,
 )
+from .offline import (
+    BlockProfile as BlockProfile,
+    BlockProfiler as BlockProfiler,
+    BlockRetrainer as BlockRetrainer,
+    ModelProfile as ModelProfile,
+)
 from .model_manager import AbstractModelManager as AbstractModelManager, CommonModelManager as CommonModelManager
 from .version import __version__ as __version__
 
 __all__ = [
     "AbstractModelManager",
     "AutoBlockManager",
+    "BlockProfile",
+    "BlockProfiler",
+    "BlockRetrainer",
     "BlockSpec",
     "BlockStore",
     "BlockSwitcher",
@@ -34,6 +43,7 @@ __all__ = [
     "InvalidSparsityError",
     "LegoDNNError",
     "LegoModel",
+    "ModelProfile",
     "NoBlocksError",
     "StoreError",
     "SwitchResult",
