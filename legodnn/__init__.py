@@ -24,6 +24,16 @@ from .offline import (
     BlockRetrainer as BlockRetrainer,
     ModelProfile as ModelProfile,
 )
+from .online import (
+    Budget as Budget,
+    InfeasibleBudgetError as InfeasibleBudgetError,
+    LatencyEstimator as LatencyEstimator,
+    LatencyProfile as LatencyProfile,
+    OnDeviceRuntime as OnDeviceRuntime,
+    OptimizationResult as OptimizationResult,
+    ScalingOptimizer as ScalingOptimizer,
+    export_onnx as export_onnx,
+)
 from .model_manager import AbstractModelManager as AbstractModelManager, CommonModelManager as CommonModelManager
 from .version import __version__ as __version__
 
@@ -36,15 +46,23 @@ __all__ = [
     "BlockSpec",
     "BlockStore",
     "BlockSwitcher",
+    "Budget",
     "CommonModelManager",
     "CorruptedStoreError",
     "DescendantSpec",
+    "export_onnx",
     "FingerprintMismatchError",
+    "InfeasibleBudgetError",
     "InvalidSparsityError",
+    "LatencyEstimator",
+    "LatencyProfile",
     "LegoDNNError",
     "LegoModel",
     "ModelProfile",
     "NoBlocksError",
+    "OnDeviceRuntime",
+    "OptimizationResult",
+    "ScalingOptimizer",
     "StoreError",
     "SwitchResult",
     "TraceError",

@@ -156,6 +156,18 @@ def find_candidate_regions(
                 conv_mask |= 1 << index[n]
                 conv_w[index[n]] = size
 
+    # a layer with weights called at several places must sit whole in one block or in the
+    # frame: splitting its calls would untie the shared weights
+    calls: Dict[str, int] = {}
+    for n in order:
+        if n.op == "call_module":
+            calls[n.target] = calls.get(n.target, 0) | (1 << index[n])
+    shared_masks = [
+        m for t, m in calls.items()
+        if bin(m).count("1") > 1 and any(True for _ in modules[t].parameters())
+        or bin(m).count("1") > 1 and any(True for _ in modules[t].buffers())
+    ]
+
     # a module called at several places is counted once per region
     def weight(mask: int, table: Dict[int, int]) -> int:
         total, seen = 0, set()
@@ -169,6 +181,7 @@ def find_candidate_regions(
             mask ^= low
         return total
 
+    conv_one = {i: 1 for i in conv_w}
     regions: List[Region] = []
     for b in order:
         if b.op in ("placeholder", "output") or not _is_tensor(b):
@@ -176,7 +189,7 @@ def find_candidate_regions(
         a = idom.get(b)
         while a is not None:
             body = desc[a] & anc[b]
-            n_convs = bin(body & conv_mask).count("1")
+            n_convs = weight(body & conv_mask, conv_one)  # distinct conv layers
             if n_convs > max_convs:
                 break
             # nothing inside may be used outside: b post-dominates a's successors on the way
@@ -184,6 +197,7 @@ def find_candidate_regions(
                 _is_tensor(a)
                 and body & prunable_mask
                 and all(pdominates(b, s) for s in succs[a] if body >> index[s] & 1)
+                and all(body & m in (0, m) for m in shared_masks)
             ):
                 nodes = frozenset(order[i].name for i in range(len(order)) if body >> i & 1)
                 if len(nodes) >= min_nodes:

@@ -1,0 +1,207 @@
+"""ScalingOptimizer: the best block choice under latency and memory budgets, hot-swapped live.
+
+It reads the offline profile (metric drops, sizes) and the device's latency profile,
+solves the two-constraint multiple-choice knapsack exactly (:mod:`solver`), and installs
+the choice through a :class:`BlockSwitcher`, replacing only the blocks that change.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import torch
+
+from ..blockmanager.auto_block_manager import AutoBlockManager
+from ..blockmanager.switcher import BlockSwitcher
+from ..errors import LegoDNNError, StoreError
+from ..offline.profiles import ModelProfile
+from .latency import LatencyProfile, device_description
+from .solver import ScalingProblem, Solution, cheapest, solve
+
+__all__ = ["ScalingOptimizer", "OptimizationResult", "InfeasibleBudgetError"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OptimizationResult:
+    """What one :meth:`ScalingOptimizer.update_model` chose and what installing it cost."""
+
+    sparsities: Tuple[float, ...]
+    feasible: bool
+    binding: Tuple[str, ...]  # for an infeasible budget: "latency", "memory" or "latency+memory"
+    metric_name: str
+    estimated_metric: float  # teacher metric minus the summed drops of the chosen blocks
+    estimated_latency_s: float
+    model_bytes: int
+    blocks_swapped: Tuple[str, ...]
+    bytes_loaded: int
+    swap_seconds: float
+    solve_seconds: float
+
+
+class InfeasibleBudgetError(LegoDNNError):
+    """No configuration meets the budgets; ``closest`` is the configuration nearest to them."""
+
+    def __init__(self, message: str, closest: OptimizationResult) -> None:
+        super().__init__(message)
+        self.closest = closest
+
+
+class ScalingOptimizer:
+    """Pick and install the most accurate configuration that fits the budgets.
+
+    ``trained_blocks_dir`` must hold ``block_profile.json`` (from :class:`BlockProfiler`)
+    and ``latency_profile.json`` (from :class:`LatencyEstimator` on this device). The live
+    model is ``optimizer.model``.
+    """
+
+    def __init__(
+        self,
+        trained_blocks_dir: str,
+        model_input_size: Sequence[int],
+        block_manager: AutoBlockManager,
+        model_manager: Any = None,
+        device: str = "cpu",
+        switcher: Optional[BlockSwitcher] = None,
+        cache_bytes: int = 256 * 2**20,
+    ) -> None:
+        self.trained_dir = Path(trained_blocks_dir)
+        self.block_manager = block_manager
+        self.device = device
+        self.profile = ModelProfile.load(self.trained_dir)
+        self.latency = LatencyProfile.load(self.trained_dir)
+        self._check_profiles(tuple(model_input_size))
+        self.problem = self._problem()
+        self._switcher = switcher
+        self._cache_bytes = cache_bytes
+
+    def _check_profiles(self, model_input_size: Tuple[int, ...]) -> None:
+        bm = self.block_manager
+        for what, fp in (("block_profile.json", self.profile.fingerprint), ("latency_profile.json", self.latency.fingerprint)):
+            if fp != bm.fingerprint:
+                raise StoreError(
+                    f"{self.trained_dir / what} was made for another model (fingerprint {fp[:12]}, "
+                    f"this model {bm.fingerprint[:12]}); profile this model's blocks again"
+                )
+        table, lat = self.profile.table(), self.latency.table()
+        for name in bm.block_names:
+            if name not in table or name not in lat:
+                raise StoreError(f"the profiles in {self.trained_dir} have no entry for {name}; profile again")
+            if sorted(table[name]) != bm.block_sparsity or sorted(lat[name]) != bm.block_sparsity:
+                raise StoreError(
+                    f"the profiles in {self.trained_dir} cover sparsities {sorted(table[name])} / "
+                    f"{sorted(lat[name])} for {name}, the block manager {bm.block_sparsity}; profile again"
+                )
+        if tuple(self.latency.model_input_size) != model_input_size:
+            raise StoreError(
+                f"latency_profile.json was measured for input {self.latency.model_input_size}, "
+                f"not {model_input_size}; profile latency for this input size"
+            )
+        here = device_description(self.device)
+        if self.latency.device != here:
+            warnings.warn(
+                f"latency_profile.json was measured on {self.latency.device!r}, this is {here!r}: "
+                "latency estimates may not hold here; run LatencyEstimator on this device",
+                stacklevel=3,
+            )
+        if torch.device(self.device).type == "cpu" and self.latency.num_threads != torch.get_num_threads():
+            warnings.warn(
+                f"latency_profile.json was measured with {self.latency.num_threads} thread(s), torch now uses "
+                f"{torch.get_num_threads()}: call torch.set_num_threads({self.latency.num_threads}) or profile again",
+                stacklevel=3,
+            )
+
+    def _problem(self) -> ScalingProblem:
+        table = self.profile.table()
+        sparsities = self.block_manager.block_sparsity
+        drops, lats, mems = [], [], []
+        for name in self.block_manager.block_names:
+            lat = self.latency.block_latencies(name)
+            drops.append([table[name][s].metric_drop for s in sparsities])
+            lats.append([lat[s] for s in sparsities])
+            mems.append([table[name][s].size_bytes for s in sparsities])
+        return ScalingProblem.from_arrays(
+            drops, lats, mems, frame_latency=self.latency.fixed_latency_s, frame_memory=self.profile.frame_size_bytes
+        )
+
+    @property
+    def switcher(self) -> BlockSwitcher:
+        if self._switcher is None:
+            self._switcher = BlockSwitcher(
+                str(self.trained_dir), self.block_manager.model, self.device, cache_bytes=self._cache_bytes
+            )
+        return self._switcher
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The live model (hot-swapped by :meth:`update_model`)."""
+        return self.switcher.model
+
+    def choose(self, max_latency: Optional[float], max_memory: Optional[float]) -> Solution:
+        """Solve only (no swap): seconds and bytes; ``None`` leaves a budget open."""
+        for name, value in (("max_latency", max_latency), ("max_memory", max_memory)):
+            if value is not None and not (value > 0):
+                raise ValueError(f"{name} must be a positive number (seconds / bytes), got {value}")
+        return solve(self.problem, max_latency, max_memory)
+
+    def update_model(
+        self, max_latency: Optional[float] = None, max_memory: Optional[float] = None, *, fallback: bool = False
+    ) -> OptimizationResult:
+        """Choose the best configuration for the budgets (seconds, bytes) and install it.
+
+        An infeasible budget raises :class:`InfeasibleBudgetError` saying which budget
+        binds and what the closest configuration costs; with ``fallback=True`` that closest
+        configuration is installed instead and returned with ``feasible=False``.
+        """
+        solution = self.choose(max_latency, max_memory)
+        sparsities = [self.block_manager.block_sparsity[k] for k in solution.choice]
+        if not solution.feasible and not fallback:
+            closest = self._result(solution, sparsities, None)
+            raise InfeasibleBudgetError(self._explain(solution, max_latency, max_memory), closest)
+        switch = self.switcher.switch(sparsities)
+        result = self._result(solution, sparsities, switch)
+        logger.info(
+            "budget %s s / %s B -> %s (est. %s %.4f, %.2f ms, %.2f MB), swapped %d blocks in %.2f ms",
+            max_latency, max_memory, result.sparsities, result.metric_name, result.estimated_metric,
+            1e3 * result.estimated_latency_s, result.model_bytes / 1e6, len(result.blocks_swapped),
+            1e3 * result.swap_seconds,
+        )
+        return result
+
+    def _result(self, solution: Solution, sparsities: Sequence[float], switch: Any) -> OptimizationResult:
+        return OptimizationResult(
+            sparsities=tuple(sparsities),
+            feasible=solution.feasible,
+            binding=solution.binding,
+            metric_name=self.profile.metric_name,
+            estimated_metric=self.profile.teacher_metric - solution.total_drop,
+            estimated_latency_s=solution.latency,
+            model_bytes=int(round(solution.memory)),
+            blocks_swapped=switch.changed if switch else (),
+            bytes_loaded=switch.bytes_loaded if switch else 0,
+            swap_seconds=switch.seconds if switch else 0.0,
+            solve_seconds=solution.solve_seconds,
+        )
+
+    def _explain(self, solution: Solution, max_latency: Optional[float], max_memory: Optional[float]) -> str:
+        fastest = cheapest(self.problem, "latency")
+        smallest = cheapest(self.problem, "memory")
+        parts = []
+        if "latency" in solution.binding:
+            parts.append(f"the fastest configuration takes {1e3 * fastest.latency:.3f} ms > max_latency "
+                         f"{1e3 * max_latency:.3f} ms")
+        if "memory" in solution.binding:
+            parts.append(f"the smallest configuration needs {smallest.memory / 1e6:.3f} MB > max_memory "
+                         f"{max_memory / 1e6:.3f} MB")
+        if "latency+memory" in solution.binding:
+            parts.append("each budget alone can be met, but no configuration meets both")
+        return (
+            "infeasible budget: " + "; ".join(parts) + f". Closest configuration: {1e3 * solution.latency:.3f} ms, "
+            f"{solution.memory / 1e6:.3f} MB; pass fallback=True to install it"
+        )

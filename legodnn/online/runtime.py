@@ -1,0 +1,159 @@
+"""The on-device loop: serve inference, watch the budget, re-optimize and hot-swap.
+
+A background thread polls a budget source (any callable returning a :class:`Budget`;
+:func:`memory_budget_source` reads the memory the OS reports available) and, when the
+budget moves by more than ``threshold``, re-optimizes and swaps blocks while
+:meth:`OnDeviceRuntime.infer` keeps serving. Needs only torch and numpy.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import torch
+
+from .optimizer import InfeasibleBudgetError, OptimizationResult, ScalingOptimizer
+
+__all__ = ["Budget", "RuntimeEvent", "OnDeviceRuntime", "memory_budget_source", "available_memory_bytes"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Resource limits: seconds per inference and bytes of model weights (None: no limit)."""
+
+    max_latency_s: Optional[float] = None
+    max_memory_bytes: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class RuntimeEvent:
+    """One re-optimization: when, for which budget, and what happened."""
+
+    time: float
+    budget: Budget
+    result: Optional[OptimizationResult]
+    error: Optional[str] = None
+
+
+def available_memory_bytes() -> int:
+    """Memory the OS can give without swapping (Linux ``MemAvailable``)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    raise RuntimeError("cannot read MemAvailable from /proc/meminfo; pass your own budget source")
+
+
+def memory_budget_source(
+    fraction: float = 0.5, reserve_bytes: int = 0, max_latency_s: Optional[float] = None
+) -> Callable[[], Budget]:
+    """A budget source giving the model ``fraction`` of available memory beyond ``reserve_bytes``."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+
+    def source() -> Budget:
+        return Budget(max_latency_s, max(1.0, fraction * (available_memory_bytes() - reserve_bytes)))
+
+    return source
+
+
+def _moved(old: Optional[float], new: Optional[float], threshold: float) -> bool:
+    if old is None or new is None:
+        return old is not new
+    return abs(new - old) > threshold * abs(old)
+
+
+class OnDeviceRuntime:
+    """Hold the live model, serve inference and follow the budget.
+
+    ``threshold`` is the relative budget change that triggers a re-optimization (0.05:
+    5%). With ``fallback`` an infeasible budget installs the closest configuration;
+    otherwise the model stays as it is and the event records the error.
+    """
+
+    def __init__(
+        self,
+        optimizer: ScalingOptimizer,
+        budget_source: Callable[[], Budget],
+        poll_interval_s: float = 0.1,
+        threshold: float = 0.05,
+        fallback: bool = True,
+    ) -> None:
+        self.optimizer = optimizer
+        self.budget_source = budget_source
+        self.poll_interval_s = poll_interval_s
+        self.threshold = threshold
+        self.fallback = fallback
+        self.events: List[RuntimeEvent] = []
+        self._applied: Optional[Budget] = None
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self.model = optimizer.model
+
+    def infer(self, x: torch.Tensor) -> Any:
+        """Run the live model; safe to call while a swap happens in the background."""
+        with torch.no_grad():
+            return self.model(x)
+
+    def step(self) -> Optional[RuntimeEvent]:
+        """Poll the budget once; re-optimize if it moved past the threshold."""
+        budget = self.budget_source()
+        old = self._applied
+        if old is not None and not (
+            _moved(old.max_latency_s, budget.max_latency_s, self.threshold)
+            or _moved(old.max_memory_bytes, budget.max_memory_bytes, self.threshold)
+        ):
+            return None
+        try:
+            result = self.optimizer.update_model(budget.max_latency_s, budget.max_memory_bytes, fallback=self.fallback)
+            event = RuntimeEvent(time.time(), budget, result)
+            logger.info(
+                "budget %s: sparsities %s, est. %s %.4f, %.2f ms, %d bytes; swapped %s in %.2f ms",
+                budget, result.sparsities, result.metric_name, result.estimated_metric,
+                1e3 * result.estimated_latency_s, result.model_bytes, list(result.blocks_swapped),
+                1e3 * result.swap_seconds,
+            )
+        except InfeasibleBudgetError as exc:
+            event = RuntimeEvent(time.time(), budget, None, str(exc))
+            logger.warning("budget %s: %s", budget, exc)
+        self._applied = budget
+        self.events.append(event)
+        return event
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except Exception as exc:  # keep serving on the last good model, but say so
+                logger.exception("budget update failed")
+                self.events.append(RuntimeEvent(time.time(), Budget(), None, f"{type(exc).__name__}: {exc}"))
+            self._stop.wait(self.poll_interval_s)
+
+    def start(self) -> "OnDeviceRuntime":
+        if self._thread is None:
+            self.step()  # the first configuration is in place before serving starts
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="legodnn-runtime", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self) -> "OnDeviceRuntime":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

@@ -1,0 +1,215 @@
+"""LatencyEstimator, ONNX export, ScalingOptimizer, the on-device loop and its CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from legodnn import (
+    AutoBlockManager,
+    BlockProfiler,
+    BlockRetrainer,
+    Budget,
+    CommonModelManager,
+    InfeasibleBudgetError,
+    LatencyEstimator,
+    LatencyProfile,
+    OnDeviceRuntime,
+    ScalingOptimizer,
+    StoreError,
+    export_onnx,
+)
+from legodnn.online.cli import main as cli_main
+from legodnn.online.runtime import memory_budget_source
+
+from zoo import build
+
+SIZE = (1, 3, 32, 32)
+SPARSITIES = [0.0, 0.4, 0.8]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory):
+    """A functional model through extraction, one epoch of retraining and profiling."""
+    root = tmp_path_factory.mktemp("online")
+    model = build("functional")
+    mm = CommonModelManager()
+    bm = AutoBlockManager(SPARSITIES, model, mm, SIZE, verbose=False)
+    bm.extract_all_blocks(str(root / "compressed"))
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(48, 3, 32, 32, generator=g), torch.randint(0, 10, (48,), generator=g))
+    loader = DataLoader(data, batch_size=16)
+    BlockRetrainer(model, bm, mm, str(root / "compressed"), str(root / "trained"), 1, loader,
+                   verbose=False).train_all_blocks()
+    BlockProfiler(model, bm, mm, str(root / "trained"), loader, SIZE, "cpu", verbose=False).profile_all_blocks()
+    latency = LatencyEstimator(bm, mm, str(root / "trained"), 5, SIZE, "cpu", num_threads=torch.get_num_threads(),
+                               verbose=False).profile_all_blocks(num_compositions=6)
+    return root / "trained", model, mm, bm, latency
+
+
+def test_latency_profile(pipeline) -> None:
+    path, model, mm, bm, latency = pipeline
+    assert latency.backend == "torch" and latency.device.startswith("cpu")
+    assert latency.num_threads == torch.get_num_threads()
+    table = latency.table()
+    assert set(table) == set(bm.block_names)
+    assert all(set(t) == set(SPARSITIES) and all(v > 0 for v in t.values()) for t in table.values())
+    raw = latency.frame_latency_s + sum(table[b][0.0] for b in bm.block_names)
+    assert raw == pytest.approx(latency.teacher_latency_s)
+    v = latency.validation
+    assert v["n"] == 6 and len(v["measured_s"]) == 6 and 0.0 <= v["within_10pct"] <= 1.0
+    assert LatencyProfile.load(path) == latency
+
+
+def test_latency_profile_with_nan_is_refused(pipeline, tmp_path: Path) -> None:
+    path = pipeline[0]
+    data = json.loads((path / "latency_profile.json").read_text())
+    data["blocks"][0]["latency_s"] = float("nan")
+    (tmp_path / "latency_profile.json").write_text(json.dumps(data))
+    with pytest.raises(StoreError, match="invalid latencies"):
+        LatencyProfile.load(tmp_path)
+
+
+def test_onnx_export_matches_torch(pipeline, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from legodnn.online import OnnxRunner
+
+    path, model, mm, bm, _ = pipeline
+    composed = bm.compose({b: bm.load_descendant(str(path), b, 0.4) for b in bm.block_names}).eval()
+    onnx_path = tmp_path / "model.onnx"
+    export_onnx(composed, (1, 3, 32, 32), onnx_path)
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = composed(x)
+    got = OnnxRunner(onnx_path)(x)
+    assert torch.allclose(expected, got, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_onnxruntime_backend(pipeline, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    path, model, mm, bm, _ = pipeline
+    work = tmp_path / "trained"
+    shutil.copytree(path, work)
+    profile = LatencyEstimator(bm, mm, str(work), 5, SIZE, "cpu", backend="onnxruntime", num_threads=1,
+                               verbose=False).profile_all_blocks(num_compositions=4)
+    assert profile.backend == "onnxruntime" and profile.num_threads == 1
+    assert all(b.latency_s > 0 for b in profile.blocks)
+
+
+def _optimizer(pipeline) -> ScalingOptimizer:
+    path, model, mm, bm, _ = pipeline
+    return ScalingOptimizer(str(path), SIZE, bm, mm, "cpu")
+
+
+def test_optimizer_respects_budgets_and_swaps_only_changes(pipeline) -> None:
+    opt = _optimizer(pipeline)
+    bm = pipeline[3]
+    sizes = [opt.problem.frame_memory + sum(m[k] for m in opt.problem.memories) for k in range(len(SPARSITIES))]
+    lats = [opt.problem.frame_latency + sum(t[k] for t in opt.problem.latencies) for k in range(len(SPARSITIES))]
+    budget_mem = (sizes[0] + sizes[-1]) / 2
+    budget_lat = max(lats) * 2
+    r = opt.update_model(budget_lat, budget_mem)
+    assert r.feasible and r.model_bytes <= budget_mem and r.estimated_latency_s <= budget_lat
+    assert list(r.sparsities) == opt.switcher.sparsities
+    assert r.solve_seconds >= 0 and r.swap_seconds >= 0
+    assert set(r.blocks_swapped) == {n for n, s in zip(bm.block_names, r.sparsities) if s != 0.0}
+    again = opt.update_model(budget_lat, budget_mem)
+    assert again.sparsities == r.sparsities and again.blocks_swapped == ()
+    # the live model is the configuration it reports
+    x = torch.rand(2, 3, 32, 32)
+    blocks = {n: bm.load_descendant(str(pipeline[0]), n, s) for n, s in zip(bm.block_names, r.sparsities) if s > 0}
+    with torch.no_grad():
+        assert torch.equal(opt.model(x), bm.compose(blocks)(x))
+    # a generous budget gives the teacher back
+    assert opt.update_model(budget_lat, sizes[0] * 2).estimated_metric >= r.estimated_metric
+
+
+def test_optimizer_infeasible(pipeline) -> None:
+    opt = _optimizer(pipeline)
+    smallest = opt.problem.frame_memory + sum(min(m) for m in opt.problem.memories)
+    with pytest.raises(InfeasibleBudgetError, match="memory") as info:
+        opt.update_model(None, smallest * 0.5)
+    assert info.value.closest.binding == ("memory",)
+    before = opt.switcher.sparsities
+    assert opt.switcher.sparsities == before  # nothing installed
+    fastest = opt.problem.frame_latency + sum(min(t) for t in opt.problem.latencies)
+    with pytest.raises(InfeasibleBudgetError, match="latency"):
+        opt.update_model(fastest * 0.5, None)
+    r = opt.update_model(fastest * 0.5, None, fallback=True)
+    assert not r.feasible and r.binding == ("latency",)
+    assert r.estimated_latency_s == pytest.approx(fastest)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="positive"):
+            opt.update_model(bad, None)
+
+
+def test_optimizer_checks_profiles(pipeline, tmp_path: Path) -> None:
+    path, model, mm, bm, _ = pipeline
+    work = tmp_path / "trained"
+    shutil.copytree(path, work)
+    data = json.loads((work / "latency_profile.json").read_text())
+    data["num_threads"] = torch.get_num_threads() + 3
+    (work / "latency_profile.json").write_text(json.dumps(data))
+    with pytest.warns(UserWarning, match="thread"):
+        ScalingOptimizer(str(work), SIZE, bm, mm, "cpu")
+    data["device"] = "cpu:some other chip"
+    data["num_threads"] = torch.get_num_threads()
+    (work / "latency_profile.json").write_text(json.dumps(data))
+    with pytest.warns(UserWarning, match="other chip"):
+        ScalingOptimizer(str(work), SIZE, bm, mm, "cpu")
+    data["fingerprint"] = "0" * 64
+    (work / "latency_profile.json").write_text(json.dumps(data))
+    with pytest.raises(StoreError, match="another model"):
+        ScalingOptimizer(str(work), SIZE, bm, mm, "cpu")
+    (work / "latency_profile.json").unlink()
+    with pytest.raises(StoreError, match="LatencyEstimator"):
+        ScalingOptimizer(str(work), SIZE, bm, mm, "cpu")
+    with pytest.raises(StoreError, match="input"):
+        ScalingOptimizer(str(path), (1, 3, 64, 64), bm, mm, "cpu")
+
+
+def test_runtime_follows_the_budget(pipeline) -> None:
+    opt = _optimizer(pipeline)
+    sizes = [opt.problem.frame_memory + sum(m[k] for m in opt.problem.memories) for k in range(len(SPARSITIES))]
+    budgets = [Budget(None, sizes[0] * 1.01), Budget(None, sizes[0] * 1.02), Budget(None, sizes[-1] * 1.01)]
+    current = {"i": 0}
+    runtime = OnDeviceRuntime(opt, lambda: budgets[current["i"]], poll_interval_s=0.01, threshold=0.05)
+    assert runtime.step() is not None  # first budget: optimize
+    assert set(opt.switcher.sparsities) == {0.0}
+    current["i"] = 1
+    assert runtime.step() is None  # moved 1%: below the threshold
+    current["i"] = 2
+    event = runtime.step()
+    assert event is not None and event.result is not None and event.result.model_bytes <= budgets[2].max_memory_bytes
+    assert max(opt.switcher.sparsities) == 0.8
+    # serving continues while the loop swaps in the background
+    current["i"] = 0
+    x = torch.rand(1, 3, 32, 32)
+    with runtime:
+        for i in range(30):
+            current["i"] = 0 if (i // 5) % 2 == 0 else 2
+            assert runtime.infer(x).shape == (1, 10)
+    assert len(runtime.events) >= 3
+
+
+def test_memory_budget_source() -> None:
+    budget = memory_budget_source(0.5)()
+    assert budget.max_memory_bytes > 0 and budget.max_latency_s is None
+    with pytest.raises(ValueError):
+        memory_budget_source(0.0)
+
+
+def test_cli_serves(pipeline, capsys: pytest.CaptureFixture) -> None:
+    path = pipeline[0]
+    code = cli_main(["--blocks", str(path), "--model", "zoo:FunctionalNet", "--duration", "0.5",
+                     "--max-memory-mb", "0.1", "--threads", str(torch.get_num_threads())])
+    assert code == 0
+    assert "served" in capsys.readouterr().out
