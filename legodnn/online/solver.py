@@ -27,6 +27,7 @@ import math
 import time
 from bisect import bisect_right
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -37,7 +38,10 @@ REL_TOL = 1e-12
 """Relative slack of every budget comparison, and of the optimality of :func:`solve`."""
 
 BRUTE_FORCE_LIMIT = 2_000_000
-_GOLDEN_STEPS = 14  # surrogate weight search: the bracket shrinks to 0.618**14 ~ 1e-3
+_SURROGATE_GRID = 9  # mixes of latency and memory tried for the surrogate bound, twice
+_BEAM = 16  # states per layer in the heuristic pass that finds the first incumbent
+_DOMINANCE_MIN = 32  # layers with more states than this drop dominated ones
+_DOMINANCE_PEERS = 256
 
 Rows = Tuple[Tuple[float, ...], ...]
 
@@ -311,129 +315,148 @@ def _enumerate(frame: float, rows: Rows) -> np.ndarray:
     return total.reshape(-1)
 
 
-# --------------------------------------------------------------------------- LP bounds
+# ------------------------------------------------------------------------- LP relaxation
 
 
-def _frontier(cost: Sequence[float], obj: Sequence[float]) -> List[Tuple[float, float]]:
-    """Lower convex frontier of one block's (cost, objective) points, cheapest first.
+def _pad(rows: Sequence[Sequence[float]], fill: float) -> np.ndarray:
+    out = np.full((len(rows), max(len(r) for r in rows)), fill)
+    for b, r in enumerate(rows):
+        out[b, : len(r)] = r
+    return out
 
-    Its segments are the LP relaxation of the block: objective falls as cost rises, ever
-    more slowly. Points that are dominated or lie above the frontier never enter the LP.
+
+@lru_cache(maxsize=None)
+def _spans(width: int) -> np.ndarray:
+    i, j, k = np.ogrid[:width, :width, :width]
+    return (i < j) & (j < k)
+
+
+def _hull(obj: np.ndarray, cost: np.ndarray) -> Tuple[np.ndarray, ...]:
+    """Per row, the lower convex frontier of (cost, objective): the LP relaxation of a block.
+
+    ``obj`` and ``cost`` are (rows, options) arrays, ``obj`` padded with inf. Returns each
+    row's cheapest point (``start_cost``, ``start_obj``) and the frontier segments of all
+    rows (``row``, ``dx`` > 0, ``dy`` < 0), row by row. Walking all segments steepest first
+    traces the LP optimum as the budget grows (the greedy of Sinha and Zoltners).
     """
-    hull: List[Tuple[float, float]] = []
-    for c, o in sorted(zip(cost, obj)):
-        if hull and o >= hull[-1][1]:
-            continue
-        while len(hull) >= 2:
-            (c0, o0), (c1, o1) = hull[-2], hull[-1]
-            if (o1 - o0) * (c - c0) >= (o - o0) * (c1 - c0):  # hull[-1] on or above the chord
-                hull.pop()
-            else:
-                break
-        hull.append((c, o))
-    return hull
+    cost = np.where(np.isfinite(obj), cost, np.inf)  # padding sorts last and never enters
+    order = np.lexsort((obj, cost), axis=-1)
+    rows = np.arange(len(obj))[:, None]
+    c, o = cost[rows, order], obj[rows, order]
+    best_before = np.minimum.accumulate(o, axis=1)
+    pareto = np.ones_like(o, dtype=bool)
+    pareto[:, 1:] = o[:, 1:] < best_before[:, :-1]
+    pareto &= np.isfinite(o)
+    cf, of = np.where(pareto, c, 0.0), np.where(pareto, o, 0.0)
+    oi, oj, ok = of[:, :, None, None], of[:, None, :, None], of[:, None, None, :]
+    ci, cj, ck = cf[:, :, None, None], cf[:, None, :, None], cf[:, None, None, :]
+    above = (oj - oi) * (ck - ci) >= (ok - oi) * (cj - ci)  # j on or above the chord i-k
+    above &= _spans(o.shape[1]) & pareto[:, :, None, None] & pareto[:, None, None, :]
+    vertex = pareto & ~above.any(axis=(1, 3))
+    r, k = np.nonzero(vertex)
+    same = r[1:] == r[:-1]
+    r0, k0, r1, k1 = r[:-1][same], k[:-1][same], r[1:][same], k[1:][same]
+    return c[:, 0], o[:, 0], r1, c[r1, k1] - c[r0, k0], o[r1, k1] - o[r0, k0]
 
 
-def _segments(fronts: Sequence[List[Tuple[float, float]]]) -> Tuple[np.ndarray, ...]:
-    blk, dx, dy = [], [], []
-    for b, f in enumerate(fronts):
-        for (c0, o0), (c1, o1) in zip(f, f[1:]):
-            blk.append(b)
-            dx.append(c1 - c0)
-            dy.append(o1 - o0)
-    blk_a, dx_a, dy_a = np.array(blk, dtype=np.int64), np.array(dx), np.array(dy)
-    order = np.argsort(dy_a / dx_a, kind="stable") if len(dx) else np.zeros(0, dtype=np.int64)
-    return blk_a[order], dx_a[order], dy_a[order]
+def _lp_values(obj: np.ndarray, costs: np.ndarray, budgets: np.ndarray) -> np.ndarray:
+    """LP optimum over all blocks under each of several costs: ``costs[p]`` within ``budgets[p]``.
+
+    One frontier computation for all ``p`` (rows stacked); each segment then contributes the
+    fraction of it that the budget left after the steeper ones covers. inf where infeasible.
+    """
+    n_p, n_b, width = costs.shape
+    start_c, start_o, row, dx, dy = _hull(np.tile(obj, (n_p, 1)), costs.reshape(n_p * n_b, width))
+    group = row // n_b
+    order = np.lexsort((dy / dx, group))
+    group, dx, dy = group[order], dx[order], dy[order]
+    room = budgets - start_c.reshape(n_p, n_b).sum(axis=1)
+    reach = np.cumsum(dx)
+    first = np.searchsorted(group, np.arange(n_p))
+    before = reach - dx - np.append(reach - dx, 0.0)[first][group]
+    used = np.clip((room[group] - before) / dx, 0.0, 1.0)
+    value = start_o.reshape(n_p, n_b).sum(axis=1) + np.bincount(group, dy * used, minlength=n_p)
+    return np.where(room >= 0.0, value, np.inf)
 
 
-def _lp_value(obj: Sequence[Sequence[float]], cost: Sequence[Sequence[float]], budget: float) -> float:
-    """Optimum of the LP relaxation (one cost constraint) over all blocks; inf if infeasible."""
-    fronts = [_frontier(c, o) for o, c in zip(obj, cost)]
-    x = budget - sum(f[0][0] for f in fronts)
-    if x < 0:
-        return math.inf
-    value = sum(f[0][1] for f in fronts)
-    _, dx, dy = _segments(fronts)
-    full = np.cumsum(dx)
-    j = int(np.searchsorted(full, x, side="right"))
-    value += float(dy[:j].sum())
-    if j < len(dx):
-        value += float(dy[j] / dx[j]) * (x - (float(full[j - 1]) if j else 0.0))
-    return value
+class _Relaxation:
+    """LP relaxation of the blocks after each depth under ``wl * latency + wm * memory``.
 
-
-class _SuffixLP:
-    """LP relaxation of blocks ``i..`` under one cost, as a function of the budget left.
-
-    Precomputed per suffix as breakpoints of a convex piecewise-linear function, so a
-    search node reads its bound with one bisection.
+    Row ``i`` of ``xs``/``ys`` is the convex piecewise-linear least objective of blocks
+    ``i..`` as a function of budget beyond ``min_cost[i]``, read with ``np.interp`` for a
+    whole layer of states at once (rows repeat breakpoints of earlier blocks' segments,
+    which ``np.interp`` tolerates). ``dual`` is the LP's multiplier at the root budget.
     """
 
-    __slots__ = ("min_cost", "xs", "ys", "slopes")
+    __slots__ = ("wl", "wm", "min_cost", "xs", "ys", "dual")
 
-    def __init__(self, obj: Sequence[Sequence[float]], cost: Sequence[Sequence[float]]) -> None:
-        fronts = [_frontier(c, o) for o, c in zip(obj, cost)]
-        blk, dx, dy = _segments(fronts)
-        slope = dy / dx if len(dx) else dx
-        n = len(fronts)
-        self.min_cost = [0.0] * (n + 1)
-        self.xs: List[List[float]] = [[0.0]] * (n + 1)
-        self.ys: List[List[float]] = [[0.0]] * (n + 1)
-        self.slopes: List[List[float]] = [[0.0]] * (n + 1)
-        base = 0.0
-        for i in range(n - 1, -1, -1):
-            self.min_cost[i] = self.min_cost[i + 1] + fronts[i][0][0]
-            base += fronts[i][0][1]
-            keep = blk >= i
-            self.xs[i] = [0.0] + np.cumsum(dx[keep]).tolist()
-            self.ys[i] = [base] + (base + np.cumsum(dy[keep])).tolist()
-            self.slopes[i] = slope[keep].tolist() + [0.0]
+    def __init__(self, obj: np.ndarray, cost: np.ndarray, wl: float, wm: float, budget: float) -> None:
+        self.wl, self.wm = wl, wm
+        start_c, start_o, blk, dx, dy = _hull(obj, cost)
+        slope = dy / dx
+        steep = np.argsort(slope, kind="stable")
+        blk, dx, dy, slope = blk[steep], dx[steep], dy[steep], slope[steep]
+        n = len(obj)
+        self.min_cost = np.append(np.cumsum(start_c[::-1])[::-1], 0.0)
+        base = np.append(np.cumsum(start_o[::-1])[::-1], 0.0)
+        inside = blk[None, :] >= np.arange(n + 1)[:, None]
+        self.xs = np.zeros((n + 1, len(dx) + 1))
+        self.ys = np.repeat(base[:, None], len(dx) + 1, axis=1)
+        np.cumsum(np.where(inside, dx, 0.0), axis=1, out=self.xs[:, 1:])
+        self.ys[:, 1:] += np.cumsum(np.where(inside, dy, 0.0), axis=1)
+        j = int(np.searchsorted(self.xs[0, 1:], budget - self.min_cost[0], side="right"))
+        self.dual = float(-slope[j]) if 0.0 <= budget - self.min_cost[0] and j < len(dx) else 0.0
 
-    def value(self, i: int, budget: float) -> float:
-        """Least LP objective of blocks ``i..`` within ``budget`` (at least ``min_cost[i]``)."""
-        xs = self.xs[i]
-        x = budget - self.min_cost[i]
-        if x >= xs[-1]:
-            return self.ys[i][-1]
-        j = bisect_right(xs, x) - 1
-        return self.ys[i][j] + self.slopes[i][j] * (x - xs[j])
-
-
-def _surrogate_weight(obj: Rows, lat: Rows, mem: Rows, cap_l: float, cap_m: float) -> Tuple[float, float]:
-    """Weights (a, b) of the surrogate constraint a*lat + b*mem <= a*cap_l + b*cap_m.
-
-    Golden-section search for the weight whose LP bound at the root is highest (the
-    surrogate dual is quasi-concave); every weight gives a valid bound, so an inexact
-    search only costs pruning. Costs are scaled by their spans so the weights compare.
-    """
-    span_l = sum(max(r) - min(r) for r in lat) or 1.0
-    span_m = sum(max(r) - min(r) for r in mem) or 1.0
-
-    def bound(t: float) -> float:
-        a, b = (1.0 - t) / span_l, t / span_m
-        cost = [[a * x + b * y for x, y in zip(rl, rm)] for rl, rm in zip(lat, mem)]
-        return _lp_value(obj, cost, a * cap_l + b * cap_m)
-
-    ratio = (math.sqrt(5.0) - 1.0) / 2.0
-    lo, hi = 0.0, 1.0
-    t1, t2 = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-    f1, f2 = bound(t1), bound(t2)
-    for _ in range(_GOLDEN_STEPS):
-        if math.isinf(f1) or math.isinf(f2):
-            break
-        if f1 < f2:
-            lo, t1, f1 = t1, t2, f2
-            t2 = lo + ratio * (hi - lo)
-            f2 = bound(t2)
+    def bound(self, depth: int, room_l: np.ndarray, room_m: np.ndarray) -> np.ndarray:
+        """Least LP objective of blocks ``depth..`` for each state's room; inf if none fits."""
+        if self.wm == 0.0:
+            room = room_l
+        elif self.wl == 0.0:
+            room = room_m
         else:
-            hi, t2, f2 = t2, t1, f1
-            t1 = hi - ratio * (hi - lo)
-            f1 = bound(t1)
-    t = t1 if f1 >= f2 else t2
-    return (1.0 - t) / span_l, t / span_m
+            room = self.wl * room_l + self.wm * room_m
+        x = room - self.min_cost[depth]
+        value = np.interp(x, self.xs[depth], self.ys[depth])
+        return np.where(x >= 0.0, value, np.inf)
 
 
-# ------------------------------------------------------------------------ branch and bound
+def _relaxations(
+    obj: np.ndarray, lat: np.ndarray, mem: np.ndarray, cap_l: float, cap_m: float,
+    weights: Optional[Tuple[float, float]] = None,
+) -> List[_Relaxation]:
+    """One relaxation per finite budget, and a surrogate of both when both are finite.
+
+    The surrogate's weights, unless given, are those of a grid (then a finer grid around
+    the best) whose LP bound at the root is highest; costs are scaled by their spans so the
+    mix is even. Any weights give a valid bound: the search only buys pruning.
+    """
+    out = []
+    if math.isfinite(cap_l):
+        out.append(_Relaxation(obj, lat, 1.0, 0.0, cap_l))
+    if math.isfinite(cap_m):
+        out.append(_Relaxation(obj, mem, 0.0, 1.0, cap_m))
+    if len(out) < 2:
+        return out
+    if weights is None:
+        valid = np.isfinite(obj)
+        span_l = float(np.ptp(np.where(valid, lat, lat.min()), axis=1).sum()) or 1.0
+        span_m = float(np.ptp(np.where(valid, mem, mem.min()), axis=1).sum()) or 1.0
+        mix = np.linspace(0.0, 1.0, _SURROGATE_GRID + 2)[1:-1]
+        step = mix[0]
+        for _ in range(2):
+            wl, wm = (1.0 - mix) / span_l, mix / span_m
+            costs = wl[:, None, None] * lat + wm[:, None, None] * mem
+            bounds = _lp_values(obj, costs, wl * cap_l + wm * cap_m)
+            t = float(mix[np.argmax(bounds)])
+            step /= (_SURROGATE_GRID + 1) / 2
+            mix = np.clip(t + step * np.arange(-(_SURROGATE_GRID // 2), _SURROGATE_GRID // 2 + 1), 0, 1)
+        weights = ((1.0 - t) / span_l, t / span_m)
+    wl, wm = weights
+    out.append(_Relaxation(obj, wl * lat + wm * mem, wl, wm, wl * cap_l + wm * cap_m))
+    return out
+
+
+# ------------------------------------------------------------------------------- search
 
 
 def _reduce(
@@ -446,10 +469,7 @@ def _reduce(
     in one, or equal and earlier). Neither removal can lose the optimum. None if a block
     is left with nothing (no configuration fits).
     """
-    n_blocks, width = len(obj), max(len(r) for r in obj)
-    pad = np.full((3, n_blocks, width), np.inf)
-    for b in range(n_blocks):
-        pad[:, b, : len(obj[b])] = (obj[b], lat[b], mem[b])
+    pad = np.stack([_pad(obj, np.inf), _pad(lat, np.inf), _pad(mem, np.inf)])
     valid = np.isfinite(pad[0])
     for axis, cap in ((1, cap_l), (2, cap_m)):
         if math.isinf(cap):
@@ -460,6 +480,7 @@ def _reduce(
         valid &= pad[axis] <= cap - (lows.sum() - lows)[:, None]
     vals = np.where(valid[None], pad, np.inf)
     a, c = vals[:, :, :, None], vals[:, :, None, :]  # option i (rows) against option j (cols)
+    width = vals.shape[2]
     no_worse = (a <= c).all(axis=0)
     better = (a < c).any(axis=0) | np.triu(np.ones((width, width), dtype=bool), 1)[None]
     dominated = (no_worse & better & valid[:, :, None]).any(axis=1)
@@ -469,13 +490,33 @@ def _reduce(
     return [np.flatnonzero(row).tolist() for row in keep]
 
 
+@dataclass
+class _Stage:
+    """Blocks left to search, in search order, with their option arrays and the budgets left."""
+
+    obj: List[np.ndarray]
+    lat: List[np.ndarray]
+    mem: List[np.ndarray]
+    cap_l: float
+    cap_m: float
+
+    def padded(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return _pad(self.obj, np.inf), _pad(self.lat, 0.0), _pad(self.mem, 0.0)
+
+
 def _optimize(
     obj: Rows, lat: Rows, mem: Optional[Rows], cap_l: float, cap_m: float
 ) -> Tuple[Optional[List[int]], int]:
     """Exact least ``sum(obj)`` with ``sum(lat) <= cap_l`` and ``sum(mem) <= cap_m``.
 
     Caps are net of the frame and include the slack; ``mem=None`` means one constraint.
-    Returns the option per block (None if nothing fits) and the number of search nodes.
+    Returns the option per block (None if nothing fits) and the number of search states.
+
+    Three steps: a narrow beam through the layers finds a good configuration; options
+    whose Lagrangian bound (from each relaxation's root dual) cannot beat it are removed,
+    which fixes most blocks and tightens the relaxations of the rest; an exact layered
+    search over the remaining blocks then keeps every partial configuration whose bound
+    beats the incumbent and that no other dominates (in drop, latency and memory left).
     """
     # a budget that no configuration exceeds constrains nothing: its costs become zeros
     if mem is None or cap_m >= sum(max(r) for r in mem):
@@ -488,96 +529,146 @@ def _optimize(
     # branch first on the blocks whose choice moves the objective most
     spread = [max(obj[b][k] for k in ks) - min(obj[b][k] for k in ks) for b, ks in enumerate(kept)]
     order = sorted(range(len(obj)), key=lambda b: -spread[b])
-    o = [[obj[b][k] for k in kept[b]] for b in order]
-    l = [[lat[b][k] for k in kept[b]] for b in order]
-    m = [[mem[b][k] for k in kept[b]] for b in order]
-    found, nodes = _search(o, l, m, cap_l, cap_m)
-    if found is None:
+    kept = [kept[b] for b in order]
+    stage = _Stage(
+        [np.array([obj[b][k] for k in ks]) for b, ks in zip(order, kept)],
+        [np.array([lat[b][k] for k in ks]) for b, ks in zip(order, kept)],
+        [np.array([mem[b][k] for k in ks]) for b, ks in zip(order, kept)],
+        cap_l, cap_m,
+    )
+    tol = REL_TOL * sum(float(np.abs(r).max()) for r in stage.obj)
+    o_pad, l_pad, m_pad = stage.padded()
+    relax = _relaxations(o_pad, l_pad, m_pad, cap_l, cap_m)
+    value, found, nodes = _layers(stage, relax, math.inf, tol, _BEAM)
+    if found is None:  # the beam keeps every state whose room allows a completion
         return None, nodes
-    choice = [0] * len(obj)
+    best = [kept[d][k] for d, k in enumerate(found)]
+
+    # fix: drop options that cannot beat the incumbent, then search the blocks left
+    alive = np.isfinite(o_pad)
+    for r in relax:
+        reduced = np.where(alive, o_pad + r.dual * (r.wl * l_pad + r.wm * m_pad), np.inf)
+        lows = reduced.min(axis=1)
+        floor = lows.sum() - r.dual * (r.wl * cap_l + r.wm * cap_m)
+        alive &= floor + reduced - lows[:, None] < value - tol
+        if not alive.any(axis=1).all():  # some block has no option that could do better
+            return _in_block_order(best, order), nodes
+    free = [d for d in range(len(kept)) if alive[d].sum() > 1]
+    fixed = [d for d in range(len(kept)) if alive[d].sum() == 1]
+    pick = {d: int(np.flatnonzero(alive[d])[0]) for d in fixed}
+    base = sum(float(stage.obj[d][k]) for d, k in pick.items())
+    rest = _Stage(
+        [stage.obj[d][alive[d, : len(kept[d])]] for d in free],
+        [stage.lat[d][alive[d, : len(kept[d])]] for d in free],
+        [stage.mem[d][alive[d, : len(kept[d])]] for d in free],
+        cap_l - sum(float(stage.lat[d][k]) for d, k in pick.items()),
+        cap_m - sum(float(stage.mem[d][k]) for d, k in pick.items()),
+    )
+    if not free:
+        fits = rest.cap_l >= 0.0 and rest.cap_m >= 0.0
+        if fits and base < value - tol:
+            best = [kept[d][pick[d]] for d in range(len(kept))]
+        return _in_block_order(best, order), nodes
+    weights = (relax[-1].wl, relax[-1].wm) if len(relax) == 3 else None
+    relax = _relaxations(*rest.padded(), rest.cap_l, rest.cap_m, weights)
+    _, better, more = _layers(rest, relax, value - base, tol, None)
+    if better is not None:
+        for d, k in zip(free, better):
+            pick[d] = int(np.flatnonzero(alive[d])[k])
+        best = [kept[d][pick[d]] for d in range(len(kept))]
+    return _in_block_order(best, order), nodes + more
+
+
+def _in_block_order(choice: List[int], order: List[int]) -> List[int]:
+    out = [0] * len(order)
     for depth, b in enumerate(order):
-        choice[b] = kept[b][found[depth]]
-    return choice, nodes
+        out[b] = choice[depth]
+    return out
 
 
-def _search(
-    o: List[List[float]], l: List[List[float]], m: List[List[float]], cap_l: float, cap_m: float,
-    incumbent: float = math.inf,
-) -> Tuple[Optional[List[int]], int]:
-    """Depth-first branch and bound over blocks in the given order; children best bound first."""
+def _layers(
+    stage: _Stage, relax: List[_Relaxation], incumbent: float, tol: float, beam: Optional[int]
+) -> Tuple[float, Optional[List[int]], int]:
+    """Breadth-first branch and bound, one block per layer, all states of a layer at once.
+
+    A state is a partial configuration: drop so far and room left in each budget. A child
+    is closed at once when the rest fits at each block's least-drop option (its best
+    completion is then known); it is cut when no completion fits or its bound (the best of
+    the relaxations) cannot beat the incumbent by more than ``tol``; of the rest, those that
+    another state dominates are dropped, and with ``beam`` only that many best-bound states
+    go on (a heuristic). Returns the best value found below ``incumbent``, its options
+    (None if none) and the number of states expanded.
+    """
+    o, l, m = stage.obj, stage.lat, stage.mem
     n = len(o)
-    # suffix sums: cheapest costs, and each block's least-objective option with its costs
-    best_k = [min(range(len(r)), key=lambda k: (r[k], lr[k], mr[k])) for r, lr, mr in zip(o, l, m)]
-    need_l, need_m = [0.0] * (n + 1), [0.0] * (n + 1)
-    free_o, free_l, free_m = [0.0] * (n + 1), [0.0] * (n + 1), [0.0] * (n + 1)
-    for i in range(n - 1, -1, -1):
-        need_l[i] = need_l[i + 1] + min(l[i])
-        need_m[i] = need_m[i + 1] + min(m[i])
-        free_o[i] = free_o[i + 1] + o[i][best_k[i]]
-        free_l[i] = free_l[i + 1] + l[i][best_k[i]]
-        free_m[i] = free_m[i + 1] + m[i][best_k[i]]
-    lp_l = _SuffixLP(o, l) if math.isfinite(cap_l) else None
-    lp_m = _SuffixLP(o, m) if math.isfinite(cap_m) else None
-    lp_s, wl, wm = None, 0.0, 0.0
-    if lp_l is not None and lp_m is not None:
-        wl, wm = _surrogate_weight(o, l, m, cap_l, cap_m)
-        lp_s = _SuffixLP(o, [[wl * x + wm * y for x, y in zip(rl, rm)] for rl, rm in zip(l, m)])
+    best_k = [int(np.lexsort((mr, lr, orow))[0]) for orow, lr, mr in zip(o, l, m)]
+    need_l, need_m = _suffix([r.min() for r in l]), _suffix([r.min() for r in m])
+    free_o = _suffix([r[k] for r, k in zip(o, best_k)])
+    free_l = _suffix([r[k] for r, k in zip(l, best_k)])
+    free_m = _suffix([r[k] for r, k in zip(m, best_k)])
 
-    tol = REL_TOL * sum(max(abs(v) for v in r) for r in o)
-    best = incumbent
-    best_choice: Optional[List[int]] = None
-    path = [0] * n
+    best, best_at = incumbent, None
+    drop, room_l, room_m = np.zeros(1), np.array([stage.cap_l]), np.array([stage.cap_m])
+    parents: List[np.ndarray] = []
+    options: List[np.ndarray] = []
+    nodes = 0
+    for i in range(n):
+        nxt, width = i + 1, len(o[i])
+        nodes += len(drop)
+        d = (drop[:, None] + o[i]).ravel()
+        rl = (room_l[:, None] - l[i]).ravel()
+        rm = (room_m[:, None] - m[i]).ravel()
+        lb = d + free_o[nxt]
+        fits = (rl >= need_l[nxt]) & (rm >= need_m[nxt])
+        done = fits & (rl >= free_l[nxt]) & (rm >= free_m[nxt])
+        if done.any():
+            j = int(np.flatnonzero(done)[np.argmin(lb[done])])
+            if lb[j] < best - tol:
+                best, best_at = float(lb[j]), (i, j // width, j % width)
+        idx = np.flatnonzero(fits & ~done & (lb < best - tol))
+        d, rl, rm, lb = d[idx], rl[idx], rm[idx], lb[idx]
+        for r in relax:
+            lb = np.maximum(lb, d + r.bound(nxt, rl, rm))
+        keep = lb < best - tol
+        idx, d, rl, rm, lb = idx[keep], d[keep], rl[keep], rm[keep], lb[keep]
+        if len(idx) > _DOMINANCE_MIN:
+            keep = _undominated(d, rl, rm)
+            idx, d, rl, rm, lb = idx[keep], d[keep], rl[keep], rm[keep], lb[keep]
+        if beam is not None and len(idx) > beam:
+            keep = np.argpartition(lb, beam)[:beam]
+            idx, d, rl, rm = idx[keep], d[keep], rl[keep], rm[keep]
+        if not len(idx):
+            break
+        parents.append(idx // width)
+        options.append(idx % width)
+        drop, room_l, room_m = d, rl, rm
+    if best_at is None:
+        return best, None, nodes
+    depth, state, k = best_at
+    choice = [0] * depth + [k] + best_k[depth + 1 :]
+    for t in range(depth - 1, -1, -1):
+        choice[t] = int(options[t][state])
+        state = int(parents[t][state])
+    return best, choice, nodes
 
-    def expand(i: int, drop: float, room_l: float, room_m: float) -> list:
-        """Children of a node at depth ``i`` that may beat the incumbent, best bound first.
 
-        A child whose remaining blocks fit at their least-objective options is a complete
-        answer: it updates the incumbent and is not expanded.
-        """
-        nonlocal best, best_choice
-        nxt = i + 1
-        kids = []
-        for k, (dk, lk, mk) in enumerate(zip(o[i], l[i], m[i])):
-            rl, rm = room_l - lk, room_m - mk
-            if rl < need_l[nxt] or rm < need_m[nxt]:
-                continue
-            d = drop + dk
-            lb = d + free_o[nxt]
-            if rl >= free_l[nxt] and rm >= free_m[nxt]:
-                if lb < best - tol:
-                    best, best_choice = lb, path[:i] + [k] + best_k[nxt:]
-                continue
-            cut = best - tol
-            if lb >= cut:
-                continue
-            if lp_l is not None:
-                lb = max(lb, d + lp_l.value(nxt, rl))
-            if lp_m is not None and lb < cut:
-                lb = max(lb, d + lp_m.value(nxt, rm))
-            if lp_s is not None and lb < cut:
-                room = wl * rl + wm * rm
-                if room < lp_s.min_cost[nxt]:  # the surrogate shows no completion fits
-                    continue
-                lb = max(lb, d + lp_s.value(nxt, room))
-            if lb < cut:
-                kids.append((lb, k, d, rl, rm))
-        kids.sort()
-        return kids
+def _suffix(values: Sequence[float]) -> List[float]:
+    """``out[i] = sum(values[i:])``, with ``out[len(values)] = 0``."""
+    out = [0.0] * (len(values) + 1)
+    for i in range(len(values) - 1, -1, -1):
+        out[i] = out[i + 1] + float(values[i])
+    return out
 
-    stack = [expand(0, 0.0, cap_l, cap_m)]
-    cursor = [0]
-    nodes = 1
-    while stack:
-        depth = len(stack) - 1
-        kids, p = stack[-1], cursor[-1]
-        if p == len(kids) or kids[p][0] >= best - tol:
-            stack.pop()
-            cursor.pop()
-            continue
-        cursor[-1] = p + 1
-        _, k, d, rl, rm = kids[p]
-        path[depth] = k
-        nodes += 1
-        stack.append(expand(depth + 1, d, rl, rm))
-        cursor.append(0)
-    return best_choice, nodes
+
+def _undominated(drop: np.ndarray, room_l: np.ndarray, room_m: np.ndarray) -> np.ndarray:
+    """Indices of states that no other state dominates (no more drop, no less room in both).
+
+    Each state is checked against the ``_DOMINANCE_PEERS`` with the least drop, which are
+    the likeliest to dominate it; a partial check keeps more states but loses nothing.
+    """
+    order = np.lexsort((-room_m, -room_l, drop))  # any dominator of a state comes before it
+    rl, rm = room_l[order], room_m[order]
+    peers = min(len(order), _DOMINANCE_PEERS)
+    earlier = np.arange(peers)[:, None] < np.arange(len(order))[None, :]
+    beaten = ((rl[:peers, None] >= rl[None, :]) & (rm[:peers, None] >= rm[None, :]) & earlier).any(axis=0)
+    return np.sort(order[~beaten])

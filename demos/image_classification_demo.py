@@ -1,0 +1,406 @@
+"""LegoDNN's offline phase on real data: train a teacher, cut it into blocks, retrain and profile them.
+
+1. **Data.** CIFAR-10 when ``--data ROOT`` holds it (``ROOT/cifar-10-batches-py``) or it
+   can be downloaded there; otherwise, and by default, scikit-learn's 1,797 handwritten
+   digits (real images shipped inside the scikit-learn wheel, upsampled to 32x32 RGB), so
+   the demo runs on a machine without network. The output says which data is used.
+2. **Teacher.** A CIFAR ResNet-18 of base width 16 (16-32-64-128 channels, 1/16 of the
+   FLOPs of the usual 64), trained from scratch (or loaded with ``--teacher PATH``).
+3. **Blocks.** ``AutoBlockManager`` cuts it into 8 blocks and ``extract_all_blocks``
+   writes every block at sparsities 0, 0.3, 0.6 and 0.8: 4^8 = 65,536 descendant models.
+4. **Retraining.** ``BlockRetrainer`` distils every pruned block from the teacher's block.
+5. **Profiling.** ``BlockProfiler`` measures each block's accuracy drop, size and FLOPs,
+   and checks the accuracy model (teacher accuracy minus summed drops) on random models.
+6. **Descendants.** A table of composed models: size, MFLOPs, estimated and measured
+   accuracy.
+
+About 5 minutes on 2 CPU cores with the defaults; ``--quick`` (a small subset, one epoch
+each) takes well under a minute. Run from the repository root, with the package
+installed with its demo extra (``pip install -e ".[demo]"``) or ``PYTHONPATH=.``::
+
+    python demos/image_classification_demo.py [--data ROOT] [--out DIR] [--quick] [--quiet]
+
+Everything is written under ``--out``: ``teacher.safetensors`` (reusable with
+``--teacher``), ``blocks/`` (untrained descendants), ``trained_blocks/`` (retrained,
+with ``block_profile.csv``) and ``results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+import cv_tasks
+from cv_tasks.image_classification import datasets
+from cv_tasks.image_classification.train import evaluate, load_weights, save_weights, train_classifier
+from legodnn import AutoBlockManager, BlockProfiler, BlockRetrainer, CommonModelManager, ModelProfile
+from legodnn.blockmanager.measure import count_params
+from legodnn.offline import AccuracyModelReport
+
+MODEL = "cifar_resnet18"
+BASE_WIDTH = 16
+INPUT_SIZE = (1, 3, 32, 32)
+SPARSITIES = [0.0, 0.3, 0.6, 0.8]
+COMPRESS_LAYER_MAX_RATIO = 0.125
+DEFAULT_OUT = Path("runs") / "image_classification"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How long each step trains and on how much data."""
+
+    epochs: int
+    block_epochs: int
+    batch_size: int
+    lr: float
+    train_subset: Optional[int] = None
+    test_subset: Optional[int] = None
+    random_compositions: int = 4
+
+    @classmethod
+    def defaults(cls, dataset: str, quick: bool = False) -> "Settings":
+        """Defaults per data set; ``quick`` trims them to a smoke run of a few seconds per step."""
+        if quick:
+            return cls(epochs=2, block_epochs=1, batch_size=32, lr=0.05, train_subset=512, test_subset=256,
+                       random_compositions=2)
+        if dataset == "digits":
+            return cls(epochs=8, block_epochs=5, batch_size=64, lr=0.05)
+        return cls(epochs=30, block_epochs=10, batch_size=128, lr=0.1)  # CIFAR: hours on a CPU, minutes on a GPU
+
+
+@dataclass
+class DemoData:
+    """The data the demo runs on, and a sentence saying what it is."""
+
+    name: str
+    description: str
+    num_classes: int
+    train_loader: DataLoader
+    test_loader: DataLoader
+
+
+# -- printing and timing --------------------------------------------------------
+@contextlib.contextmanager
+def step(title: str, timings: Dict[str, float], key: str) -> Iterator[None]:
+    """Print a step's title, run it, print and record its wall time."""
+    print(f"\n== {title}", flush=True)
+    start = time.perf_counter()
+    yield
+    timings[key] = time.perf_counter() - start
+    print(f"   [{key}: {timings[key]:.1f} s]", flush=True)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _fmt_sparsities(config: Sequence[float]) -> str:
+    return " ".join(f"{s:.1f}" for s in config)
+
+
+# -- steps ----------------------------------------------------------------------
+def load_data(
+    data_root: Optional[Path],
+    dataset: str = "cifar10",
+    quick: bool = False,
+    download: bool = True,
+    seed: int = 0,
+) -> DemoData:
+    """CIFAR-10/100 from ``data_root`` (downloaded there if missing and ``download``), else the digits.
+
+    Batch size and subsets are the data set's :meth:`Settings.defaults`.
+    """
+    fallback = "no --data given"
+    if data_root is not None:
+        title, make, classes = (("CIFAR-10", datasets.cifar10_dataloaders, 10) if dataset == "cifar10"
+                                else ("CIFAR-100", datasets.cifar100_dataloaders, 100))
+        s = Settings.defaults(dataset, quick)
+        try:
+            train, test = make(data_root, batch_size=s.batch_size, train_subset=s.train_subset,
+                               test_subset=s.test_subset, seed=seed, download=download)
+        except datasets.DatasetNotFoundError as exc:
+            fallback = str(exc)
+        except Exception as exc:  # a failed download: no network, a proxy, a bad archive
+            fallback = f"{title} is not under {data_root} and downloading it failed ({type(exc).__name__}: {exc})"
+        else:
+            description = (f"{title} from {data_root}: {len(train.dataset):,} training and "
+                           f"{len(test.dataset):,} test images, 32x32 RGB, {classes} classes")
+            return DemoData(dataset, description, classes, train, test)
+        print(f"   {fallback}")
+        print("   falling back to the digits")
+        fallback = f"{title} unavailable"
+    s = Settings.defaults("digits", quick)
+    train, test = datasets.digits_dataloaders(batch_size=s.batch_size, train_subset=s.train_subset,
+                                              test_subset=s.test_subset, seed=seed)
+    description = (f"scikit-learn's handwritten digits ({fallback}): {len(train.dataset):,} training and "
+                   f"{len(test.dataset):,} test images, real 8x8 scans upsampled to 32x32 RGB, 10 classes; "
+                   "pass --data ROOT for CIFAR-10")
+    return DemoData("digits", description, 10, train, test)
+
+
+def build_teacher(num_classes: int, device: str, base_width: int = BASE_WIDTH, seed: int = 0) -> nn.Module:
+    """The untrained teacher: a CIFAR ResNet-18 of ``base_width`` channels in its first stage."""
+    torch.manual_seed(seed)
+    return cv_tasks.get_model(MODEL, num_classes=num_classes, base_width=base_width).to(device)
+
+
+def train_teacher(
+    teacher: nn.Module, data: DemoData, settings: Settings, device: str, weights_path: Path, verbose: bool
+) -> float:
+    """Train the teacher from scratch, save it to ``weights_path``; returns its test accuracy."""
+    accuracy = train_classifier(teacher, data.train_loader, data.test_loader, settings.epochs, settings.lr,
+                                device, verbose)
+    save_weights(teacher, weights_path, {"model": MODEL, "kwargs": {"num_classes": data.num_classes,
+                                         "base_width": BASE_WIDTH}, "dataset": data.name,
+                                         "epochs": settings.epochs, "test_accuracy": accuracy})
+    return accuracy
+
+
+def load_teacher(teacher: nn.Module, weights_path: Path, data: DemoData, device: str) -> float:
+    """Load trained weights into the teacher; returns its test accuracy on ``data``."""
+    load_weights(teacher, weights_path)
+    teacher.to(device).eval()
+    return evaluate(teacher, data.test_loader, device)
+
+
+def extract_blocks(
+    teacher: nn.Module, blocks_dir: Path, device: str, verbose: bool
+) -> Tuple[AutoBlockManager, CommonModelManager, list]:
+    """Cut the teacher into blocks and write every descendant (untrained) to ``blocks_dir``."""
+    model_manager = CommonModelManager()
+    block_manager = AutoBlockManager(SPARSITIES, teacher.eval(), model_manager, INPUT_SIZE,
+                                     COMPRESS_LAYER_MAX_RATIO, device, verbose=verbose)
+    descendants = block_manager.extract_all_blocks(str(blocks_dir))
+    return block_manager, model_manager, descendants
+
+
+def retrain_blocks(
+    teacher: nn.Module,
+    block_manager: AutoBlockManager,
+    model_manager: CommonModelManager,
+    blocks_dir: Path,
+    trained_dir: Path,
+    data: DemoData,
+    settings: Settings,
+    device: str,
+    verbose: bool,
+) -> Dict[str, Dict[str, List[float]]]:
+    """Distil every pruned block from the teacher's (MSE on block outputs); returns the loss history."""
+    return BlockRetrainer(teacher, block_manager, model_manager, str(blocks_dir), str(trained_dir),
+                          settings.block_epochs, data.train_loader, device=device,
+                          verbose=verbose).train_all_blocks()
+
+
+def profile_blocks(
+    teacher: nn.Module,
+    block_manager: AutoBlockManager,
+    model_manager: CommonModelManager,
+    trained_dir: Path,
+    data: DemoData,
+    settings: Settings,
+    device: str,
+    verbose: bool,
+) -> Tuple[ModelProfile, AccuracyModelReport]:
+    """Accuracy drop, size and FLOPs of every descendant block, and the accuracy model checked on
+    ``settings.random_compositions`` random descendant models."""
+    profiler = BlockProfiler(teacher, block_manager, model_manager, str(trained_dir), data.test_loader,
+                             INPUT_SIZE, device, verbose=verbose)
+    profile = profiler.profile_all_blocks()
+    report = profiler.validate_accuracy_model(num_compositions=settings.random_compositions, seed=0)
+    return profile, report
+
+
+def descendant_table(
+    block_manager: AutoBlockManager,
+    model_manager: CommonModelManager,
+    profile: ModelProfile,
+    report: AccuracyModelReport,
+    trained_dir: Path,
+    data: DemoData,
+    device: str,
+) -> List[Dict[str, Any]]:
+    """One row per descendant model: every block at one sparsity, then the random compositions.
+
+    Size and FLOPs are the frame's plus each chosen block's (from the profile); the estimated
+    accuracy is the teacher's minus the chosen blocks' drops; the measured accuracy comes from
+    running the composed model on the test set (for the random compositions, the profiler's
+    ``validate_accuracy_model`` has just done exactly that: compose, then ``get_model_acc``).
+    """
+    table = profile.table()
+    names = block_manager.block_names
+
+    def row(label: str, config: Sequence[float], measured: float) -> Dict[str, Any]:
+        chosen = [table[n][s] for n, s in zip(names, config)]
+        return {
+            "label": label,
+            "sparsities": list(config),
+            "size_bytes": profile.frame_size_bytes + sum(p.size_bytes for p in chosen),
+            "flops": profile.frame_flops + sum(p.flops for p in chosen),
+            "params": profile.frame_params + sum(p.params for p in chosen),
+            "estimated_accuracy": profile.teacher_metric - sum(p.metric_drop for p in chosen),
+            "measured_accuracy": measured,
+        }
+
+    rows = []
+    for s in SPARSITIES:
+        config = [s] * len(names)
+        model = block_manager.compose({n: block_manager.load_descendant(str(trained_dir), n, s) for n in names})
+        measured = model_manager.get_model_acc(model, data.test_loader, device)
+        r = row("teacher" if s == 0 else f"all {s:.1f}", config, measured)
+        if r["size_bytes"] != model_manager.get_model_size(model):  # the profile's sizes add up to the model's
+            raise RuntimeError(f"{r['label']}: profiled size {r['size_bytes']} != model size "
+                               f"{model_manager.get_model_size(model)}")
+        rows.append(r)
+    for i, (config, measured) in enumerate(zip(report.compositions, report.measured)):
+        rows.append(row(f"random {i + 1}", config, measured))
+    return rows
+
+
+def print_table(rows: Sequence[Dict[str, Any]], metric: str = "acc") -> None:
+    width = max(len(_fmt_sparsities(r["sparsities"])) for r in rows)
+    print(f"   {'model':<9} {'block sparsities':<{width}} {'params':>8} {'size MB':>7} {'MFLOPs':>7} "
+          f"{'est. ' + metric:>9} {'measured':>8}")
+    for r in rows:
+        print(f"   {r['label']:<9} {_fmt_sparsities(r['sparsities']):<{width}} {r['params']:>8,} "
+              f"{r['size_bytes'] / 1e6:>7.3f} {r['flops'] / 1e6:>7.1f} {r['estimated_accuracy']:>9.4f} "
+              f"{r['measured_accuracy']:>8.4f}")
+
+
+def _write_json(path: Path, payload: Dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# -- main -----------------------------------------------------------------------
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=None,
+                        help="root holding cifar-10-batches-py (downloaded there if missing); "
+                             "default: scikit-learn's digits, no download")
+    parser.add_argument("--dataset", choices=("cifar10", "cifar100"), default="cifar10",
+                        help="which CIFAR to use with --data (default cifar10)")
+    parser.add_argument("--no-download", action="store_true", help="never download CIFAR; fall back to the digits")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--teacher", type=Path, default=None,
+                        help="trained teacher weights (.safetensors, e.g. OUT/teacher.safetensors of an earlier "
+                             "run) instead of training one")
+    parser.add_argument("--epochs", type=int, default=None, help="teacher training epochs (digits: 6, CIFAR: 30)")
+    parser.add_argument("--block-epochs", type=int, default=None, help="block retraining epochs (digits: 4, CIFAR: 10)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: small subsets, one epoch each")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's choice, one per core; 1 is faster when "
+                             "other programs keep the cores busy)")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    args = parse_args(argv)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    verbose = not args.quiet
+    random.seed(args.seed)
+    started = time.perf_counter()
+    timings: Dict[str, float] = {}
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    blocks_dir, trained_dir = out / "blocks", out / "trained_blocks"
+
+    with step("data", timings, "data"):
+        data = load_data(args.data, args.dataset, args.quick, download=not args.no_download, seed=args.seed)
+        settings = Settings.defaults(data.name, args.quick)
+        settings = replace(settings, epochs=args.epochs or settings.epochs,
+                           block_epochs=args.block_epochs or settings.block_epochs)
+        print(f"   DATA: {data.description}")
+        print(f"   device {device}; teacher epochs {settings.epochs}, block epochs {settings.block_epochs}, "
+              f"batch {settings.batch_size}{' (--quick: subsets, one epoch each)' if args.quick else ''}")
+
+    teacher = build_teacher(data.num_classes, device, seed=args.seed)
+    teacher_path = out / "teacher.safetensors"
+    if args.teacher is not None:
+        with step(f"teacher: {MODEL}, base width {BASE_WIDTH}, weights from {args.teacher}", timings, "teacher"):
+            teacher_acc = load_teacher(teacher, args.teacher, data, device)
+            teacher_path = args.teacher
+    else:
+        with step(f"teacher: train {MODEL}, base width {BASE_WIDTH}, from scratch for {_plural(settings.epochs, 'epoch')}",
+                  timings, "teacher"):
+            teacher_acc = train_teacher(teacher, data, settings, device, teacher_path, verbose)
+            print(f"   weights saved to {teacher_path}")
+    print(f"   {count_params(teacher):,} parameters; test accuracy {teacher_acc:.4f}")
+
+    with step(f"AutoBlockManager + extract_all_blocks: sparsities {SPARSITIES}", timings, "extract"):
+        block_manager, model_manager, descendants = extract_blocks(teacher, blocks_dir, device, verbose)
+        n = len(block_manager.blocks)
+        print(f"   {n} blocks cover {100 * block_manager.coverage:.1f}% of the conv parameters; "
+              f"{len(descendants)} descendant blocks in {blocks_dir}: "
+              f"{len(SPARSITIES)}^{n} = {len(SPARSITIES) ** n:,} descendant models")
+
+    with step(f"BlockRetrainer: distil the {n * (len(SPARSITIES) - 1)} pruned blocks for "
+              f"{_plural(settings.block_epochs, 'epoch')}", timings, "retrain"):
+        history = retrain_blocks(teacher, block_manager, model_manager, blocks_dir, trained_dir, data, settings,
+                                 device, verbose)
+        first = sum(h["val"][0] for h in history.values()) / len(history)
+        last = sum(min(h["val"]) for h in history.values()) / len(history)
+        print(f"   mean held-out block MSE: {first:.4g} after epoch 1, {last:.4g} best")
+
+    with step("BlockProfiler: accuracy drop, size and FLOPs of every descendant block", timings, "profile"):
+        profile, report = profile_blocks(teacher, block_manager, model_manager, trained_dir, data, settings,
+                                         device, verbose)
+        table = profile.table()
+        print(f"   accuracy drop per block (teacher {profile.teacher_metric:.4f}, "
+              f"{profile.num_test_samples} test images); profile in {trained_dir / 'block_profile.csv'}")
+        print(f"   {'sparsity':<9}" + "".join(f"{name:>9}" for name in block_manager.block_names))
+        for s in SPARSITIES[1:]:
+            print(f"   {s:<9.1f}" + "".join(f"{table[name][s].metric_drop:>9.4f}" for name in block_manager.block_names))
+        print(f"   accuracy model (teacher minus summed drops) on {len(report.measured)} random descendant models: "
+              f"mean |error| {report.mean_abs_error:.4f}, max {report.max_abs_error:.4f}")
+
+    with step("descendant models: compose trained blocks and measure", timings, "table"):
+        rows = descendant_table(block_manager, model_manager, profile, report, trained_dir, data, device)
+        print_table(rows)
+
+    elapsed = time.perf_counter() - started
+    smallest = min(rows, key=lambda r: r["size_bytes"])
+    teacher_row = rows[0]
+    print(f"\n== done in {elapsed:.0f} s on {data.name}: teacher accuracy {teacher_acc:.4f}, "
+          f"{teacher_row['size_bytes'] / 1e6:.2f} MB; smallest model ({smallest['label']}) "
+          f"{smallest['size_bytes'] / 1e6:.2f} MB ({smallest['size_bytes'] / teacher_row['size_bytes']:.0%}), "
+          f"accuracy {smallest['measured_accuracy']:.4f}. Results in {out / 'results.json'}")
+    results = {
+        "dataset": data.name,
+        "data_description": data.description,
+        "device": device,
+        "settings": settings.__dict__,
+        "teacher_accuracy": teacher_acc,
+        "teacher_path": str(teacher_path),
+        "blocks_dir": str(blocks_dir),
+        "trained_dir": str(trained_dir),
+        "num_blocks": n,
+        "coverage": block_manager.coverage,
+        "num_descendants": len(descendants),
+        "accuracy_model": {"mean_abs_error": report.mean_abs_error, "max_abs_error": report.max_abs_error},
+        "rows": rows,
+        "timings": timings,
+        "seconds": elapsed,
+    }
+    _write_json(out / "results.json", results)
+    return results
+
+
+if __name__ == "__main__":
+    main()
