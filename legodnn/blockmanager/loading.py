@@ -58,7 +58,7 @@ def load_descendant(
     the store's spec and weights; returns it and the bytes read."""
     desc = store.descendant(name, sparsity)
     try:
-        module = build_descendant(_meta_copy(template), desc.kept, analysis)
+        module = build_descendant(_meta_copy(template), desc.kept, analysis, inplace=True)
     except ValueError as exc:
         raise CorruptedStoreError(
             f"the recorded architecture of {name} at sparsity {sparsity} in {store.root} is invalid: {exc}"

@@ -130,16 +130,18 @@ def build_descendant(
     block: fx.GraphModule,
     plan: Mapping[str, Sequence[int]],
     analysis: ChannelAnalysis | None = None,
+    inplace: bool = False,
 ) -> fx.GraphModule:
     """The one builder of descendant blocks: the original block with ``plan`` applied.
 
     ``block`` must carry ShapeProp metadata (blocks made by the block manager do). With an
-    empty plan the result is an exact copy of the original block.
+    empty plan the result is an exact copy of the original block. ``inplace`` prunes
+    ``block`` itself (for a throw-away copy, e.g. one on the meta device).
     """
     if analysis is None:
         analysis = analyze_channels(block)
     keep_class = kept_channels(analysis, plan)
-    new = copy.deepcopy(block)
+    new = block if inplace else copy.deepcopy(block)
     if not plan:
         return new
     modules = dict(new.named_modules())

@@ -38,10 +38,12 @@ REL_TOL = 1e-12
 """Relative slack of every budget comparison, and of the optimality of :func:`solve`."""
 
 BRUTE_FORCE_LIMIT = 2_000_000
-_SURROGATE_GRID = 9  # mixes of latency and memory tried for the surrogate bound, twice
+_SURROGATE_GRID = 9  # mixes of latency and memory tried for the surrogate bound per round
+_SURROGATE_ROUNDS = 2  # rounds of that grid, each finer around the best so far
 _BEAM = 16  # states per layer in the heuristic pass that finds the first incumbent
-_DOMINANCE_MIN = 32  # layers with more states than this drop dominated ones
-_DOMINANCE_PEERS = 256
+_BATCH = 64  # fewest open states the exact search expands per round
+_FIRST_LIMIT = 4096  # states the first exact search may expand before the target ladder
+_LADDER = (0.25, 0.5)  # targets below the incumbent, as fractions of the gap to the LP bound
 
 Rows = Tuple[Tuple[float, ...], ...]
 
@@ -319,16 +321,15 @@ def _enumerate(frame: float, rows: Rows) -> np.ndarray:
 
 
 def _pad(rows: Sequence[Sequence[float]], fill: float) -> np.ndarray:
-    out = np.full((len(rows), max(len(r) for r in rows)), fill)
+    out = np.full((len(rows), max((len(r) for r in rows), default=1)), fill)
     for b, r in enumerate(rows):
         out[b, : len(r)] = r
     return out
 
 
 @lru_cache(maxsize=None)
-def _spans(width: int) -> np.ndarray:
-    i, j, k = np.ogrid[:width, :width, :width]
-    return (i < j) & (j < k)
+def _later(width: int) -> np.ndarray:
+    return np.triu(np.ones((width, width), dtype=bool), 1)
 
 
 def _hull(obj: np.ndarray, cost: np.ndarray) -> Tuple[np.ndarray, ...]:
@@ -347,12 +348,15 @@ def _hull(obj: np.ndarray, cost: np.ndarray) -> Tuple[np.ndarray, ...]:
     pareto = np.ones_like(o, dtype=bool)
     pareto[:, 1:] = o[:, 1:] < best_before[:, :-1]
     pareto &= np.isfinite(o)
+    # a Pareto point is a vertex when every chord arriving from a cheaper Pareto point is
+    # steeper than every chord leaving to a dearer one (a supporting line passes below)
     cf, of = np.where(pareto, c, 0.0), np.where(pareto, o, 0.0)
-    oi, oj, ok = of[:, :, None, None], of[:, None, :, None], of[:, None, None, :]
-    ci, cj, ck = cf[:, :, None, None], cf[:, None, :, None], cf[:, None, None, :]
-    above = (oj - oi) * (ck - ci) >= (ok - oi) * (cj - ci)  # j on or above the chord i-k
-    above &= _spans(o.shape[1]) & pareto[:, :, None, None] & pareto[:, None, None, :]
-    vertex = pareto & ~above.any(axis=(1, 3))
+    pair = pareto[:, :, None] & pareto[:, None, :] & _later(o.shape[1])  # [row, i, j]: i < j
+    run = np.where(pair, cf[:, None, :] - cf[:, :, None], 1.0)
+    chord = (of[:, None, :] - of[:, :, None]) / run
+    arrive = np.where(pair, chord, -np.inf).max(axis=1)  # over i < j
+    leave = np.where(pair, chord, np.inf).min(axis=2)  # over k > j
+    vertex = pareto & (arrive < leave)
     r, k = np.nonzero(vertex)
     same = r[1:] == r[:-1]
     r0, k0, r1, k1 = r[:-1][same], k[:-1][same], r[1:][same], k[1:][same]
@@ -379,81 +383,105 @@ def _lp_values(obj: np.ndarray, costs: np.ndarray, budgets: np.ndarray) -> np.nd
     return np.where(room >= 0.0, value, np.inf)
 
 
-class _Relaxation:
-    """LP relaxation of the blocks after each depth under ``wl * latency + wm * memory``.
+class _Bounds:
+    """LP relaxations of the blocks after each depth, one per cost mix ``wl * lat + wm * mem``.
 
-    Row ``i`` of ``xs``/``ys`` is the convex piecewise-linear least objective of blocks
-    ``i..`` as a function of budget beyond ``min_cost[i]``, read with ``np.interp`` for a
-    whole layer of states at once (rows repeat breakpoints of earlier blocks' segments,
-    which ``np.interp`` tolerates). ``dual`` is the LP's multiplier at the root budget.
+    For each mix and depth ``i``, the least LP objective of blocks ``i..`` is a convex
+    piecewise-linear function of the budget beyond their cheapest cost; its breakpoints
+    are rows of ``xs``/``ys`` (a row repeats breakpoints where an earlier block's segment
+    is left out). Costs are scaled to a unit span per mix and every row is shifted by twice
+    its index into one sorted key, so one ``searchsorted`` reads the bound of a whole batch
+    of states at any mix of depths. A rounding slip to a neighbouring segment only lowers
+    the value (each segment's line lies below a convex function): a bound stays a bound.
     """
 
-    __slots__ = ("wl", "wm", "min_cost", "xs", "ys", "dual")
+    def __init__(self, stage: "_Stage", mixes: List[Tuple[float, float]]) -> None:
+        obj, lat, mem = stage.padded
+        n, width = obj.shape
+        count = len(mixes)
+        self.mixes = mixes
+        wl, wm = np.array(mixes).T
+        costs = wl[:, None, None] * lat + wm[:, None, None] * mem
+        start_c, start_o, row, dx, dy = _hull(np.tile(obj, (count, 1)), costs.reshape(-1, width))
+        group, blk = np.divmod(row, n)
+        span = np.bincount(group, dx, minlength=count)
+        scale = np.where(span > 0.0, span, 1.0)
+        self.wl, self.wm = wl / scale, wm / scale
+        dx = dx / scale[group]
+        order = np.lexsort((dy / dx, group))
+        group, blk, dx, dy = group[order], blk[order], dx[order], dy[order]
+        pos = np.arange(len(group)) - np.searchsorted(group, group)
+        size = int(pos.max()) + 1 if len(pos) else 0
+        seg = np.zeros((3, count, size))
+        seg[0, group, pos], seg[1, group, pos], seg[2, group, pos] = dx, dy, blk + 1
+        inside = seg[2][:, None, :] > np.arange(n + 1)[None, :, None]  # block at or after depth
+        self.min_cost = _suffix_sums(start_c.reshape(count, n) / scale[:, None])
+        xs = np.zeros((count, n + 1, size + 1))
+        ys = np.repeat(_suffix_sums(start_o.reshape(count, n))[:, :, None], size + 1, axis=2)
+        np.cumsum(np.where(inside, seg[0][:, None, :], 0.0), axis=2, out=xs[:, :, 1:])
+        ys[:, :, 1:] += np.cumsum(np.where(inside, seg[1][:, None, :], 0.0), axis=2)
+        run = np.diff(xs, axis=2)
+        slopes = np.zeros_like(xs)
+        slopes[:, :, :-1] = np.where(run > 0.0, np.diff(ys, axis=2) / np.where(run > 0.0, run, 1.0), 0.0)
+        self.rows2 = 2.0 * (n + 1) * np.arange(count)[:, None]
+        self.key = (xs + (self.rows2 + 2.0 * np.arange(n + 1))[:, :, None]).ravel()
+        self.xs, self.ys, self.slopes = xs.ravel(), ys.ravel(), slopes.ravel()
+        root, slope = self._read(np.zeros(1, dtype=np.intp), (self.wl * stage.cap_l + self.wm * stage.cap_m)[:, None])
+        self.root = root[:, 0]
+        self.dual = np.where(np.isfinite(self.root), -slope[:, 0], 0.0)  # LP multipliers at the root
 
-    def __init__(self, obj: np.ndarray, cost: np.ndarray, wl: float, wm: float, budget: float) -> None:
-        self.wl, self.wm = wl, wm
-        start_c, start_o, blk, dx, dy = _hull(obj, cost)
-        slope = dy / dx
-        steep = np.argsort(slope, kind="stable")
-        blk, dx, dy, slope = blk[steep], dx[steep], dy[steep], slope[steep]
-        n = len(obj)
-        self.min_cost = np.append(np.cumsum(start_c[::-1])[::-1], 0.0)
-        base = np.append(np.cumsum(start_o[::-1])[::-1], 0.0)
-        inside = blk[None, :] >= np.arange(n + 1)[:, None]
-        self.xs = np.zeros((n + 1, len(dx) + 1))
-        self.ys = np.repeat(base[:, None], len(dx) + 1, axis=1)
-        np.cumsum(np.where(inside, dx, 0.0), axis=1, out=self.xs[:, 1:])
-        self.ys[:, 1:] += np.cumsum(np.where(inside, dy, 0.0), axis=1)
-        j = int(np.searchsorted(self.xs[0, 1:], budget - self.min_cost[0], side="right"))
-        self.dual = float(-slope[j]) if 0.0 <= budget - self.min_cost[0] and j < len(dx) else 0.0
+    def _read(self, depth: np.ndarray, room: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        x = room - self.min_cost[:, depth]
+        # a negative x lands in the row before; its value is replaced by inf below
+        j = np.searchsorted(self.key, np.minimum(x, 1.0) + (self.rows2 + 2.0 * depth), side="right") - 1
+        slope = self.slopes[j]
+        value = self.ys[j] + slope * (np.minimum(x, 1.0) - self.xs[j])
+        value[x < 0.0] = np.inf
+        return value, slope
 
-    def bound(self, depth: int, room_l: np.ndarray, room_m: np.ndarray) -> np.ndarray:
-        """Least LP objective of blocks ``depth..`` for each state's room; inf if none fits."""
-        if self.wm == 0.0:
-            room = room_l
-        elif self.wl == 0.0:
-            room = room_m
-        else:
-            room = self.wl * room_l + self.wm * room_m
-        x = room - self.min_cost[depth]
-        value = np.interp(x, self.xs[depth], self.ys[depth])
-        return np.where(x >= 0.0, value, np.inf)
+    def bound(self, depth: np.ndarray, room_l: np.ndarray, room_m: np.ndarray) -> np.ndarray:
+        """Least LP objective of the blocks from each state's depth on, within its room.
+
+        The best over the mixes; inf where the cheapest options of those blocks do not fit.
+        """
+        room = self.wl[:, None] * room_l + self.wm[:, None] * room_m
+        return self._read(depth, room)[0].max(axis=0)
 
 
-def _relaxations(
-    obj: np.ndarray, lat: np.ndarray, mem: np.ndarray, cap_l: float, cap_m: float,
-    weights: Optional[Tuple[float, float]] = None,
-) -> List[_Relaxation]:
-    """One relaxation per finite budget, and a surrogate of both when both are finite.
-
-    The surrogate's weights, unless given, are those of a grid (then a finer grid around
-    the best) whose LP bound at the root is highest; costs are scaled by their spans so the
-    mix is even. Any weights give a valid bound: the search only buys pruning.
-    """
-    out = []
-    if math.isfinite(cap_l):
-        out.append(_Relaxation(obj, lat, 1.0, 0.0, cap_l))
-    if math.isfinite(cap_m):
-        out.append(_Relaxation(obj, mem, 0.0, 1.0, cap_m))
-    if len(out) < 2:
-        return out
-    if weights is None:
-        valid = np.isfinite(obj)
-        span_l = float(np.ptp(np.where(valid, lat, lat.min()), axis=1).sum()) or 1.0
-        span_m = float(np.ptp(np.where(valid, mem, mem.min()), axis=1).sum()) or 1.0
-        mix = np.linspace(0.0, 1.0, _SURROGATE_GRID + 2)[1:-1]
-        step = mix[0]
-        for _ in range(2):
-            wl, wm = (1.0 - mix) / span_l, mix / span_m
-            costs = wl[:, None, None] * lat + wm[:, None, None] * mem
-            bounds = _lp_values(obj, costs, wl * cap_l + wm * cap_m)
-            t = float(mix[np.argmax(bounds)])
-            step /= (_SURROGATE_GRID + 1) / 2
-            mix = np.clip(t + step * np.arange(-(_SURROGATE_GRID // 2), _SURROGATE_GRID // 2 + 1), 0, 1)
-        weights = ((1.0 - t) / span_l, t / span_m)
-    wl, wm = weights
-    out.append(_Relaxation(obj, wl * lat + wm * mem, wl, wm, wl * cap_l + wm * cap_m))
+def _suffix_sums(values: np.ndarray) -> np.ndarray:
+    """Along the last axis, ``out[..., i] = values[..., i:].sum()``; one more column of zeros."""
+    out = np.zeros(values.shape[:-1] + (values.shape[-1] + 1,))
+    out[..., :-1] = np.cumsum(values[..., ::-1], axis=-1)[..., ::-1]
     return out
+
+
+def _bounds(stage: "_Stage", surrogate: Optional[Tuple[float, float]] = None) -> Optional[_Bounds]:
+    """Relaxations for a stage: one per active budget, and a surrogate of both when both are.
+
+    The surrogate mix, unless given, is the best of a grid (then of a finer grid around the
+    best) by its LP bound at the root, with costs scaled by their spans so the mix is even.
+    Any mix gives a valid bound: the search only buys pruning.
+    """
+    mixes = [m for m, on in (((1.0, 0.0), stage.active_l), ((0.0, 1.0), stage.active_m)) if on]
+    if len(mixes) == 2:
+        mixes.append(surrogate or _surrogate(stage))
+    return _Bounds(stage, mixes) if mixes else None
+
+
+def _surrogate(stage: "_Stage") -> Tuple[float, float]:
+    obj, lat, mem = stage.padded
+    valid = np.isfinite(obj)
+    span_l = float(np.ptp(np.where(valid, lat, lat.min()), axis=1).sum()) or 1.0
+    span_m = float(np.ptp(np.where(valid, mem, mem.min()), axis=1).sum()) or 1.0
+    mix = np.linspace(0.0, 1.0, _SURROGATE_GRID + 2)[1:-1]
+    step = mix[0]
+    for _ in range(_SURROGATE_ROUNDS):
+        wl, wm = (1.0 - mix) / span_l, mix / span_m
+        costs = wl[:, None, None] * lat + wm[:, None, None] * mem
+        t = float(mix[np.argmax(_lp_values(obj, costs, wl * stage.cap_l + wm * stage.cap_m))])
+        step /= (_SURROGATE_GRID + 1) / 2
+        mix = np.clip(t + step * np.arange(-(_SURROGATE_GRID // 2), _SURROGATE_GRID // 2 + 1), 0, 1)
+    return (1.0 - t) / span_l, t / span_m
 
 
 # ------------------------------------------------------------------------------- search
@@ -480,9 +508,8 @@ def _reduce(
         valid &= pad[axis] <= cap - (lows.sum() - lows)[:, None]
     vals = np.where(valid[None], pad, np.inf)
     a, c = vals[:, :, :, None], vals[:, :, None, :]  # option i (rows) against option j (cols)
-    width = vals.shape[2]
     no_worse = (a <= c).all(axis=0)
-    better = (a < c).any(axis=0) | np.triu(np.ones((width, width), dtype=bool), 1)[None]
+    better = (a < c).any(axis=0) | _later(vals.shape[2])[None]
     dominated = (no_worse & better & valid[:, :, None]).any(axis=1)
     keep = valid & ~dominated
     if not keep.any(axis=1).all():
@@ -490,18 +517,46 @@ def _reduce(
     return [np.flatnonzero(row).tolist() for row in keep]
 
 
-@dataclass
 class _Stage:
-    """Blocks left to search, in search order, with their option arrays and the budgets left."""
+    """Blocks left to search, in search order: their options and the budgets left.
 
-    obj: List[np.ndarray]
-    lat: List[np.ndarray]
-    mem: List[np.ndarray]
-    cap_l: float
-    cap_m: float
+    An inactive budget has zero costs and zero room, so it never binds and never needs inf
+    arithmetic. ``table`` holds per depth the suffix sums the search reads: the least drop
+    of the blocks left and the latency and memory of those least-drop options (ties to the
+    cheaper). ``steps`` adds an option to a state: (+drop, -latency, -memory).
+    """
 
-    def padded(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return _pad(self.obj, np.inf), _pad(self.lat, 0.0), _pad(self.mem, 0.0)
+    def __init__(
+        self, obj: List[np.ndarray], lat: List[np.ndarray], mem: List[np.ndarray],
+        cap_l: float, cap_m: float, active_l: bool, active_m: bool, fixed_drop: float = 0.0,
+    ) -> None:
+        self.obj, self.lat, self.mem = obj, lat, mem
+        self.cap_l, self.cap_m, self.active_l, self.active_m = cap_l, cap_m, active_l, active_m
+        self.fixed_drop = fixed_drop
+        self.padded = (_pad(obj, np.inf), _pad(lat, 0.0), _pad(mem, 0.0))
+        self.width = self.padded[0].shape[1]
+        o, l, m = self.padded
+        best_k = np.lexsort((m, l, o), axis=1)[:, 0]
+        rows = np.arange(len(obj))
+        self.best_k = best_k.tolist()
+        self.table = _suffix_sums(np.stack([o[rows, best_k], l[rows, best_k], m[rows, best_k]]))
+        self.steps = np.stack([self.padded[0], -self.padded[1], -self.padded[2]], axis=1)
+
+    def select(self, alive: List[np.ndarray]) -> Tuple["_Stage", List[int]]:
+        """The blocks with more than one option alive (and their indices); the others are
+        fixed: their drop is kept aside and their costs leave the budgets."""
+        free = [d for d, a in enumerate(alive) if a.sum() > 1]
+        fixed = [(d, int(np.flatnonzero(a)[0])) for d, a in enumerate(alive) if a.sum() == 1]
+        stage = _Stage(
+            [self.obj[d][alive[d]] for d in free],
+            [self.lat[d][alive[d]] for d in free],
+            [self.mem[d][alive[d]] for d in free],
+            self.cap_l - sum(float(self.lat[d][k]) for d, k in fixed),
+            self.cap_m - sum(float(self.mem[d][k]) for d, k in fixed),
+            self.active_l, self.active_m,
+            sum(float(self.obj[d][k]) for d, k in fixed),
+        )
+        return stage, free
 
 
 def _optimize(
@@ -512,18 +567,22 @@ def _optimize(
     Caps are net of the frame and include the slack; ``mem=None`` means one constraint.
     Returns the option per block (None if nothing fits) and the number of search states.
 
-    Three steps: a narrow beam through the layers finds a good configuration; options
-    whose Lagrangian bound (from each relaxation's root dual) cannot beat it are removed,
-    which fixes most blocks and tightens the relaxations of the rest; an exact layered
-    search over the remaining blocks then keeps every partial configuration whose bound
-    beats the incumbent and that no other dominates (in drop, latency and memory left).
+    A narrow beam, block by block, finds a good configuration. Then an exact search for a
+    better one: options whose Lagrangian bound (from each relaxation's root multiplier)
+    cannot beat the target are removed, which fixes most blocks and tightens the
+    relaxations of the rest, and a best-first search over the blocks left finds the best
+    configuration below the target or proves there is none (see ``_search``). The first
+    target is the incumbent's value, with a cap on the work; if that runs long, a ladder
+    of targets from just above the LP bound up to the incumbent (a lower target fixes more
+    blocks and keeps fewer states, and the first one that succeeds gives the optimum).
     """
-    # a budget that no configuration exceeds constrains nothing: its costs become zeros
-    if mem is None or cap_m >= sum(max(r) for r in mem):
-        mem, cap_m = tuple((0.0,) * len(r) for r in obj), math.inf
-    if cap_l >= sum(max(r) for r in lat):
-        lat, cap_l = tuple((0.0,) * len(r) for r in obj), math.inf
-    kept = _reduce(obj, lat, mem, cap_l, cap_m)
+    # a budget that no configuration exceeds constrains nothing
+    active_l = math.isfinite(cap_l) and cap_l < sum(max(r) for r in lat)
+    active_m = mem is not None and math.isfinite(cap_m) and cap_m < sum(max(r) for r in mem)
+    zeros = tuple((0.0,) * len(r) for r in obj)
+    lat = lat if active_l else zeros
+    mem = mem if active_m and mem is not None else zeros
+    kept = _reduce(obj, lat, mem, cap_l if active_l else math.inf, cap_m if active_m else math.inf)
     if kept is None:
         return None, 0
     # branch first on the blocks whose choice moves the objective most
@@ -534,49 +593,65 @@ def _optimize(
         [np.array([obj[b][k] for k in ks]) for b, ks in zip(order, kept)],
         [np.array([lat[b][k] for k in ks]) for b, ks in zip(order, kept)],
         [np.array([mem[b][k] for k in ks]) for b, ks in zip(order, kept)],
-        cap_l, cap_m,
+        cap_l if active_l else 0.0, cap_m if active_m else 0.0, active_l, active_m,
     )
     tol = REL_TOL * sum(float(np.abs(r).max()) for r in stage.obj)
-    o_pad, l_pad, m_pad = stage.padded()
-    relax = _relaxations(o_pad, l_pad, m_pad, cap_l, cap_m)
-    value, found, nodes = _layers(stage, relax, math.inf, tol, _BEAM)
+    bounds = _bounds(stage)
+    value, found, nodes = _search(stage, bounds, math.inf, tol, _BEAM)
     if found is None:  # the beam keeps every state whose room allows a completion
         return None, nodes
     best = [kept[d][k] for d, k in enumerate(found)]
+    surrogate = bounds.mixes[2] if bounds is not None and len(bounds.mixes) == 3 else None
+    floor = float(bounds.root.max()) if bounds is not None else -math.inf
+    targets: List[Tuple[float, Optional[int]]] = [(value, _FIRST_LIMIT)]
+    while targets:
+        target, limit = targets.pop(0)
+        alive = _fix(stage, bounds, target - tol)
+        if alive is None:
+            continue
+        rest, free = stage.select(alive)
+        if free:
+            found_value, better, more = _search(
+                rest, _bounds(rest, surrogate), target - rest.fixed_drop, tol, None, limit
+            )
+            nodes += more
+        else:
+            fits = rest.cap_l >= 0.0 and rest.cap_m >= 0.0
+            found_value, better, more = 0.0, ([] if fits and rest.fixed_drop < target - tol else None), 0
+        if better is not None:
+            pick = dict(zip(free, better))
+            best = [kept[d][int(np.flatnonzero(a)[pick.get(d, 0)])] for d, a in enumerate(alive)]
+            value = found_value + rest.fixed_drop
+        if limit is not None and more > limit:  # ran long: climb the ladder instead
+            gap = value - floor
+            targets = [(floor + f * gap, None) for f in _LADDER if f * gap > tol] + [(value, None)]
+        elif better is not None:
+            break
+    return _in_block_order(best, order), nodes
 
-    # fix: drop options that cannot beat the incumbent, then search the blocks left
-    alive = np.isfinite(o_pad)
-    for r in relax:
-        reduced = np.where(alive, o_pad + r.dual * (r.wl * l_pad + r.wm * m_pad), np.inf)
-        lows = reduced.min(axis=1)
-        floor = lows.sum() - r.dual * (r.wl * cap_l + r.wm * cap_m)
-        alive &= floor + reduced - lows[:, None] < value - tol
-        if not alive.any(axis=1).all():  # some block has no option that could do better
-            return _in_block_order(best, order), nodes
-    free = [d for d in range(len(kept)) if alive[d].sum() > 1]
-    fixed = [d for d in range(len(kept)) if alive[d].sum() == 1]
-    pick = {d: int(np.flatnonzero(alive[d])[0]) for d in fixed}
-    base = sum(float(stage.obj[d][k]) for d, k in pick.items())
-    rest = _Stage(
-        [stage.obj[d][alive[d, : len(kept[d])]] for d in free],
-        [stage.lat[d][alive[d, : len(kept[d])]] for d in free],
-        [stage.mem[d][alive[d, : len(kept[d])]] for d in free],
-        cap_l - sum(float(stage.lat[d][k]) for d, k in pick.items()),
-        cap_m - sum(float(stage.mem[d][k]) for d, k in pick.items()),
-    )
-    if not free:
-        fits = rest.cap_l >= 0.0 and rest.cap_m >= 0.0
-        if fits and base < value - tol:
-            best = [kept[d][pick[d]] for d in range(len(kept))]
-        return _in_block_order(best, order), nodes
-    weights = (relax[-1].wl, relax[-1].wm) if len(relax) == 3 else None
-    relax = _relaxations(*rest.padded(), rest.cap_l, rest.cap_m, weights)
-    _, better, more = _layers(rest, relax, value - base, tol, None)
-    if better is not None:
-        for d, k in zip(free, better):
-            pick[d] = int(np.flatnonzero(alive[d])[k])
-        best = [kept[d][pick[d]] for d in range(len(kept))]
-    return _in_block_order(best, order), nodes + more
+
+def _fix(stage: _Stage, bounds: Optional[_Bounds], target: float) -> Optional[List[np.ndarray]]:
+    """Per block, the options that may still be part of a configuration below ``target``.
+
+    For a relaxation with root multiplier ``u``, any fitting configuration has drop at
+    least ``sum_b min(drop + u * cost) - u * budget`` plus the excess of its own options
+    over each block's minimum; options whose excess alone reaches the target go. None when
+    a block keeps nothing (no configuration is below the target).
+    """
+    obj, lat, mem = stage.padded
+    if bounds is None:
+        dual, cost, budget = np.zeros(1), np.zeros((1,) + obj.shape), np.zeros(1)
+    else:
+        dual = bounds.dual
+        cost = bounds.wl[:, None, None] * lat + bounds.wm[:, None, None] * mem
+        budget = bounds.wl * stage.cap_l + bounds.wm * stage.cap_m
+    reduced = obj + dual[:, None, None] * cost
+    lows = reduced.min(axis=2)
+    floor = lows.sum(axis=1) - dual * budget
+    alive = (floor[:, None, None] + reduced - lows[:, :, None] < target).all(axis=0)
+    if not alive.any(axis=1).all():
+        return None
+    return [alive[d, : len(row)] for d, row in enumerate(stage.obj)]
 
 
 def _in_block_order(choice: List[int], order: List[int]) -> List[int]:
@@ -586,89 +661,68 @@ def _in_block_order(choice: List[int], order: List[int]) -> List[int]:
     return out
 
 
-def _layers(
-    stage: _Stage, relax: List[_Relaxation], incumbent: float, tol: float, beam: Optional[int]
+def _search(
+    stage: _Stage, bounds: Optional[_Bounds], incumbent: float, tol: float,
+    beam: Optional[int], limit: Optional[int] = None,
 ) -> Tuple[float, Optional[List[int]], int]:
-    """Breadth-first branch and bound, one block per layer, all states of a layer at once.
+    """Branch and bound over partial configurations, expanded in vectorized batches.
 
-    A state is a partial configuration: drop so far and room left in each budget. A child
-    is closed at once when the rest fits at each block's least-drop option (its best
-    completion is then known); it is cut when no completion fits or its bound (the best of
-    the relaxations) cannot beat the incumbent by more than ``tol``; of the rest, those that
-    another state dominates are dropped, and with ``beam`` only that many best-bound states
-    go on (a heuristic). Returns the best value found below ``incumbent``, its options
+    A state fixes the options of the first blocks: its drop so far and the room left in
+    each budget. A child is closed at once when the rest fits at each block's least-drop
+    option (its best completion is then known); it is cut when no completion fits or its
+    bound (the best of the relaxations) cannot beat the incumbent by more than ``tol``.
+
+    Exact (``beam=None``): best-first; each round expands the open states with the least
+    bound (half the open list, at least ``_BATCH``), so few states beyond those whose bound
+    is below the optimum are ever expanded; it stops early, inexact, once more than
+    ``limit`` states are expanded. Heuristic (``beam=W``): layer by layer, keeping the
+    ``W`` best-bound states. Returns the best value found below ``incumbent``, its options
     (None if none) and the number of states expanded.
     """
-    o, l, m = stage.obj, stage.lat, stage.mem
-    n = len(o)
-    best_k = [int(np.lexsort((mr, lr, orow))[0]) for orow, lr, mr in zip(o, l, m)]
-    need_l, need_m = _suffix([r.min() for r in l]), _suffix([r.min() for r in m])
-    free_o = _suffix([r[k] for r, k in zip(o, best_k)])
-    free_l = _suffix([r[k] for r, k in zip(l, best_k)])
-    free_m = _suffix([r[k] for r, k in zip(m, best_k)])
-
+    width, table, steps = stage.width, stage.table, stage.steps
     best, best_at = incumbent, None
-    drop, room_l, room_m = np.zeros(1), np.array([stage.cap_l]), np.array([stage.cap_m])
-    parents: List[np.ndarray] = []
-    options: List[np.ndarray] = []
-    nodes = 0
-    for i in range(n):
-        nxt, width = i + 1, len(o[i])
-        nodes += len(drop)
-        d = (drop[:, None] + o[i]).ravel()
-        rl = (room_l[:, None] - l[i]).ravel()
-        rm = (room_m[:, None] - m[i]).ravel()
-        lb = d + free_o[nxt]
-        fits = (rl >= need_l[nxt]) & (rm >= need_m[nxt])
-        done = fits & (rl >= free_l[nxt]) & (rm >= free_m[nxt])
+    parents, options = [np.array([-1])], [np.array([-1])]
+    # one column per open state: depth, drop, room left in latency and memory, bound, id
+    states = np.array([[0.0], [0.0], [stage.cap_l], [stage.cap_m], [-np.inf], [0.0]])
+    pruned_at, expanded, next_id = best, 0, 1
+    while states.shape[1] and (limit is None or expanded <= limit):
+        if best < pruned_at:
+            states, pruned_at = states[:, states[4] < best - tol], best
+        rest = None
+        size = max(_BATCH, states.shape[1] // 2)
+        if beam is None and states.shape[1] > size:
+            take = np.zeros(states.shape[1], dtype=bool)
+            take[np.argpartition(states[4], size - 1)[:size]] = True
+            states, rest = states[:, take], states[:, ~take]
+        expanded += states.shape[1]
+        depth = states[0].astype(np.intp)
+        child = (states[1:4].T[:, :, None] + steps[depth]).transpose(1, 0, 2).reshape(3, -1)
+        drop, room_l, room_m = child
+        nxt = np.repeat(depth + 1, width)
+        least, free_l, free_m = table[:, nxt]
+        bound = drop + least
+        done = (room_l >= free_l) & (room_m >= free_m)  # implies the cheapest options fit
         if done.any():
-            j = int(np.flatnonzero(done)[np.argmin(lb[done])])
-            if lb[j] < best - tol:
-                best, best_at = float(lb[j]), (i, j // width, j % width)
-        idx = np.flatnonzero(fits & ~done & (lb < best - tol))
-        d, rl, rm, lb = d[idx], rl[idx], rm[idx], lb[idx]
-        for r in relax:
-            lb = np.maximum(lb, d + r.bound(nxt, rl, rm))
-        keep = lb < best - tol
-        idx, d, rl, rm, lb = idx[keep], d[keep], rl[keep], rm[keep], lb[keep]
-        if len(idx) > _DOMINANCE_MIN:
-            keep = _undominated(d, rl, rm)
-            idx, d, rl, rm, lb = idx[keep], d[keep], rl[keep], rm[keep], lb[keep]
-        if beam is not None and len(idx) > beam:
-            keep = np.argpartition(lb, beam)[:beam]
-            idx, d, rl, rm = idx[keep], d[keep], rl[keep], rm[keep]
-        if not len(idx):
-            break
-        parents.append(idx // width)
-        options.append(idx % width)
-        drop, room_l, room_m = d, rl, rm
+            j = int(np.flatnonzero(done)[np.argmin(bound[done])])
+            if bound[j] < best - tol:
+                best, best_at = float(bound[j]), (int(states[5, j // width]), int(nxt[j]), j % width)
+        if bounds is not None:  # inf where the cheapest options of the rest do not fit
+            bound = np.maximum(bound, drop + bounds.bound(nxt, room_l, room_m))
+        go = np.flatnonzero(~done & (bound < best - tol))
+        if beam is not None and len(go) > beam:
+            go = go[np.argpartition(bound[go], beam - 1)[:beam]]
+        parents.append(states[5, go // width].astype(np.int64))
+        options.append(go % width)
+        states = np.vstack([nxt[go], child[:, go], bound[go], np.arange(next_id, next_id + len(go))])
+        next_id += len(go)
+        if rest is not None:
+            states = np.concatenate([rest, states], axis=1)
     if best_at is None:
-        return best, None, nodes
-    depth, state, k = best_at
-    choice = [0] * depth + [k] + best_k[depth + 1 :]
-    for t in range(depth - 1, -1, -1):
-        choice[t] = int(options[t][state])
-        state = int(parents[t][state])
-    return best, choice, nodes
-
-
-def _suffix(values: Sequence[float]) -> List[float]:
-    """``out[i] = sum(values[i:])``, with ``out[len(values)] = 0``."""
-    out = [0.0] * (len(values) + 1)
-    for i in range(len(values) - 1, -1, -1):
-        out[i] = out[i + 1] + float(values[i])
-    return out
-
-
-def _undominated(drop: np.ndarray, room_l: np.ndarray, room_m: np.ndarray) -> np.ndarray:
-    """Indices of states that no other state dominates (no more drop, no less room in both).
-
-    Each state is checked against the ``_DOMINANCE_PEERS`` with the least drop, which are
-    the likeliest to dominate it; a partial check keeps more states but loses nothing.
-    """
-    order = np.lexsort((-room_m, -room_l, drop))  # any dominator of a state comes before it
-    rl, rm = room_l[order], room_m[order]
-    peers = min(len(order), _DOMINANCE_PEERS)
-    earlier = np.arange(peers)[:, None] < np.arange(len(order))[None, :]
-    beaten = ((rl[:peers, None] >= rl[None, :]) & (rm[:peers, None] >= rm[None, :]) & earlier).any(axis=0)
-    return np.sort(order[~beaten])
+        return best, None, expanded
+    state, at, k = best_at
+    parent, option = np.concatenate(parents), np.concatenate(options)
+    choice = [0] * (at - 1) + [k] + stage.best_k[at:]
+    for i in range(at - 2, -1, -1):
+        choice[i] = int(option[state])
+        state = int(parent[state])
+    return best, choice, expanded
