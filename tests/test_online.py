@@ -213,3 +213,25 @@ def test_cli_serves(pipeline, capsys: pytest.CaptureFixture) -> None:
                      "--max-memory-mb", "0.1", "--threads", str(torch.get_num_threads())])
     assert code == 0
     assert "served" in capsys.readouterr().out
+
+
+def test_accuracy_models(pipeline) -> None:
+    path, model, mm, bm, _ = pipeline
+    import math
+
+    from legodnn import ModelProfile
+
+    profile = ModelProfile.load(path)
+    table = profile.table()
+    teacher = profile.teacher_metric
+    for kind in ("additive", "multiplicative"):
+        opt = ScalingOptimizer(str(path), SIZE, bm, mm, "cpu", accuracy_model=kind)
+        r = opt.update_model(None, None)
+        drops = [table[n][s].metric_drop for n, s in zip(bm.block_names, r.sparsities)]
+        if kind == "additive":
+            expected = teacher - sum(drops)
+        else:
+            expected = teacher * math.prod(1 - d / teacher for d in drops)
+        assert r.estimated_metric == pytest.approx(expected)
+    with pytest.raises(ValueError, match="accuracy_model"):
+        ScalingOptimizer(str(path), SIZE, bm, mm, "cpu", accuracy_model="magic")

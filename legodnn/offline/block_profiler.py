@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -36,11 +37,27 @@ Key = Tuple[str, float]
 
 @dataclass(frozen=True)
 class AccuracyModelReport:
-    """Estimated (teacher minus summed drops) against measured metric of random compositions."""
+    """Estimated against measured metric of random compositions.
+
+    ``estimated`` is the additive model of the method (teacher minus summed drops);
+    ``estimated_multiplicative`` keeps the fraction of the metric each block retains,
+    ``teacher * prod(1 - drop / teacher)``, which cannot fall below zero when many blocks
+    are pruned at once. ``best`` names the one with the smaller mean absolute error.
+    """
 
     compositions: Tuple[Tuple[float, ...], ...]
     estimated: Tuple[float, ...]
     measured: Tuple[float, ...]
+    estimated_multiplicative: Tuple[float, ...] = ()
+
+    @property
+    def mean_abs_error_multiplicative(self) -> float:
+        pairs = list(zip(self.estimated_multiplicative, self.measured))
+        return sum(abs(e - m) for e, m in pairs) / len(pairs) if pairs else float("inf")
+
+    @property
+    def best(self) -> str:
+        return "multiplicative" if self.mean_abs_error_multiplicative < self.mean_abs_error else "additive"
 
     @property
     def errors(self) -> List[float]:
@@ -185,14 +202,21 @@ class BlockProfiler:
         replacements = {i: {n: modules[(n, s)] for n, s in zip(bm.block_names, cfg) if s > 0}
                         for i, cfg in enumerate(configs)}
         _, measured, _ = self._score(replacements, replay=False)
-        estimated = [profile.teacher_metric - sum(table[n][s].metric_drop for n, s in zip(bm.block_names, cfg))
-                     for cfg in configs]
-        report = AccuracyModelReport(tuple(configs), tuple(estimated), tuple(measured[i] for i in range(len(configs))))
+        teacher = profile.teacher_metric
+        drops = [[table[n][s].metric_drop for n, s in zip(bm.block_names, cfg)] for cfg in configs]
+        estimated = [teacher - sum(d) for d in drops]
+        multiplicative = [teacher * math.prod(max(0.0, 1 - x / teacher) for x in d) if teacher > 0 else teacher - sum(d)
+                          for d in drops]
+        report = AccuracyModelReport(tuple(configs), tuple(estimated), tuple(measured[i] for i in range(len(configs))),
+                                     tuple(multiplicative))
         atomic_write_text(
             self.trained_dir / "accuracy_model.json",
             json.dumps({"metric_name": profile.metric_name, "compositions": [list(c) for c in configs],
                         "estimated": list(report.estimated), "measured": list(report.measured),
-                        "mean_abs_error": report.mean_abs_error, "max_abs_error": report.max_abs_error}, indent=1),
+                        "estimated_multiplicative": list(report.estimated_multiplicative),
+                        "mean_abs_error": report.mean_abs_error, "max_abs_error": report.max_abs_error,
+                        "mean_abs_error_multiplicative": report.mean_abs_error_multiplicative,
+                        "best": report.best}, indent=1),
         )
         return report
 

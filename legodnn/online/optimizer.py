@@ -7,7 +7,9 @@ the choice through a :class:`BlockSwitcher`, replacing only the blocks that chan
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -36,7 +38,7 @@ class OptimizationResult:
     feasible: bool
     binding: Tuple[str, ...]  # for an infeasible budget: "latency", "memory" or "latency+memory"
     metric_name: str
-    estimated_metric: float  # teacher metric minus the summed drops of the chosen blocks
+    estimated_metric: float  # by the accuracy model in use (teacher minus summed drops by default)
     estimated_latency_s: float
     model_bytes: int
     blocks_swapped: Tuple[str, ...]
@@ -70,6 +72,7 @@ class ScalingOptimizer:
         device: str = "cpu",
         switcher: Optional[BlockSwitcher] = None,
         cache_bytes: int = 256 * 2**20,
+        accuracy_model: str = "auto",
     ) -> None:
         self.trained_dir = Path(trained_blocks_dir)
         self.block_manager = block_manager
@@ -77,6 +80,7 @@ class ScalingOptimizer:
         self.profile = ModelProfile.load(self.trained_dir)
         self.latency = LatencyProfile.load(self.trained_dir)
         self._check_profiles(tuple(model_input_size))
+        self.accuracy_model = self._accuracy_model(accuracy_model)
         self.problem = self._problem()
         self._switcher = switcher
         self._cache_bytes = cache_bytes
@@ -117,13 +121,42 @@ class ScalingOptimizer:
                 stacklevel=3,
             )
 
+    def _accuracy_model(self, choice: str) -> str:
+        """"additive" (teacher minus summed drops, the method's model) or "multiplicative"
+        (teacher times the product of retained fractions); "auto" takes the one that
+        ``BlockProfiler.validate_accuracy_model`` found closer to measurements."""
+        if choice not in ("auto", "additive", "multiplicative"):
+            raise ValueError(f"accuracy_model must be 'auto', 'additive' or 'multiplicative', got {choice!r}")
+        if choice != "auto":
+            return choice
+        path = self.trained_dir / "accuracy_model.json"
+        if path.is_file() and self.profile.teacher_metric > 0:
+            try:
+                return "multiplicative" if json.loads(path.read_text())["best"] == "multiplicative" else "additive"
+            except (ValueError, KeyError):
+                logger.warning("cannot read %s; using the additive accuracy model", path)
+        return "additive"
+
+    def _drop(self, drop: float) -> float:
+        """The objective term of one block: the drop, or its log-retained form."""
+        if self.accuracy_model == "additive":
+            return drop
+        teacher = self.profile.teacher_metric
+        return -teacher * math.log(max(1e-12, 1.0 - drop / teacher))
+
+    def _estimate(self, total: float) -> float:
+        teacher = self.profile.teacher_metric
+        if self.accuracy_model == "additive":
+            return teacher - total
+        return teacher * math.exp(-total / teacher)
+
     def _problem(self) -> ScalingProblem:
         table = self.profile.table()
         sparsities = self.block_manager.block_sparsity
         drops, lats, mems = [], [], []
         for name in self.block_manager.block_names:
             lat = self.latency.block_latencies(name)
-            drops.append([table[name][s].metric_drop for s in sparsities])
+            drops.append([self._drop(table[name][s].metric_drop) for s in sparsities])
             lats.append([lat[s] for s in sparsities])
             mems.append([table[name][s].size_bytes for s in sparsities])
         return ScalingProblem.from_arrays(
@@ -180,7 +213,7 @@ class ScalingOptimizer:
             feasible=solution.feasible,
             binding=solution.binding,
             metric_name=self.profile.metric_name,
-            estimated_metric=self.profile.teacher_metric - solution.total_drop,
+            estimated_metric=self._estimate(solution.total_drop),
             estimated_latency_s=solution.latency,
             model_bytes=int(round(solution.memory)),
             blocks_swapped=switch.changed if switch else (),

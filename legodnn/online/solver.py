@@ -5,14 +5,16 @@ The choice is a multiple-choice knapsack with two constraints: block ``b`` offer
 latency and a memory size; pick one option per block to minimize the summed drop with
 ``frame + sum(latency) <= max_latency`` and ``frame + sum(memory) <= max_memory``.
 
-:func:`solve` is an exact depth-first branch and bound in plain Python, fast because the
-problem is small and the bounds are tight: options that cannot fit or are dominated are
-dropped first; every node is bounded by the LP relaxation of the blocks left under the
-latency budget, under the memory budget, and under one surrogate of both (each a convex
-piecewise-linear function of the budget left, precomputed once and read by bisection);
-and a node whose remaining blocks fit at their best options is closed at once. The
-original LegoDNN rebuilt a PuLP/CBC model on every update (60-80 ms) and relaxed an
-infeasible budget 0.1 MB at a time; here an update takes about a millisecond and an
+:func:`solve` is exact and vectorized with numpy. Options that cannot fit or are dominated
+go first. Up to 131,072 configurations, every configuration of each half of the blocks is
+enumerated and the best fitting pair taken (meet in the middle: 8 blocks of 4 options in
+about a millisecond). Beyond, a branch and bound bounds whole batches of partial
+configurations at once by the LP relaxation of the blocks left under the latency budget,
+the memory budget and a surrogate of both (convex piecewise-linear functions of the room
+left, tabulated once per depth); a narrow beam finds an incumbent, options whose
+Lagrangian bound cannot beat it are fixed out, and a best-first search proves the
+optimum. The original LegoDNN rebuilt a PuLP/CBC model on every update (60-80 ms) and
+relaxed an infeasible budget 0.1 MB at a time; here an update takes milliseconds and an
 infeasible budget gets a direct answer (see :func:`solve`).
 
 Tolerances: a configuration fits a budget when its total is ``<= budget * (1 + REL_TOL)``,
@@ -25,10 +27,9 @@ from __future__ import annotations
 
 import math
 import time
-from bisect import bisect_right
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -38,8 +39,9 @@ REL_TOL = 1e-12
 """Relative slack of every budget comparison, and of the optimality of :func:`solve`."""
 
 BRUTE_FORCE_LIMIT = 2_000_000
-_SURROGATE_GRID = 9  # mixes of latency and memory tried for the surrogate bound per round
-_SURROGATE_ROUNDS = 2  # rounds of that grid, each finer around the best so far
+_SURROGATE_MIXES = 9  # mixes of latency and memory tried per round for the surrogate budget
+_SURROGATE_ROUNDS = 2  # rounds, each narrowing the range of mixes tenfold
+_PAIR_LIMIT = 1 << 17  # configurations up to which the two halves are enumerated and paired
 _BEAM = 16  # states per layer in the heuristic pass that finds the first incumbent
 _BATCH = 64  # fewest open states the exact search expands per round
 _FIRST_LIMIT = 4096  # states the first exact search may expand before the target ladder
@@ -89,13 +91,13 @@ class ScalingProblem:
                 f"got drops for {len(drops)} blocks, latencies for {len(lats)} and memories "
                 f"for {len(mems)}; every block needs all three"
             )
-        for b, (d, l, m) in enumerate(zip(drops, lats, mems)):
-            if not d:
+        for b, (drop, lat, mem) in enumerate(zip(drops, lats, mems)):
+            if not drop:
                 raise ValueError(f"block {b} has no options; each block needs at least one")
-            if not len(d) == len(l) == len(m):
+            if not len(drop) == len(lat) == len(mem):
                 raise ValueError(
-                    f"block {b} has {len(d)} drops, {len(l)} latencies and {len(m)} memories; "
-                    "each option needs one of each"
+                    f"block {b} has {len(drop)} drops, {len(lat)} latencies and {len(mem)} "
+                    "memories; each option needs one of each"
                 )
         for n in ("frame_latency", "frame_memory"):
             v = float(getattr(self, n))
@@ -114,7 +116,7 @@ class ScalingProblem:
         frame_latency: float = 0.0,
         frame_memory: float = 0.0,
     ) -> "ScalingProblem":
-        """Build from nested lists or arrays (a 2-D array is one row per block; rows may be ragged)."""
+        """Build from nested lists or arrays: one row per block, rows may differ in length."""
         return cls(
             _as_rows("drop", drops),
             _as_rows("latency", latencies),
@@ -139,7 +141,8 @@ class Solution:
     ``feasible`` is False when no configuration meets both budgets; ``binding`` then says
     why: ``"latency"`` and/or ``"memory"`` when even the cheapest configuration in that
     resource misses its budget, ``"latency+memory"`` when each budget alone can be met but
-    not both together; ``()`` when feasible. ``nodes`` counts search nodes (diagnostics).
+    not both together; ``()`` when feasible. ``nodes`` counts the partial configurations the
+    search expanded plus those it enumerated (diagnostics).
     """
 
     choice: Tuple[int, ...]
@@ -155,7 +158,9 @@ class Solution:
 # ---------------------------------------------------------------------------- public API
 
 
-def solve(problem: ScalingProblem, max_latency: Optional[float], max_memory: Optional[float]) -> Solution:
+def solve(
+    problem: ScalingProblem, max_latency: Optional[float], max_memory: Optional[float]
+) -> Solution:
     """The configuration with the least total drop that fits both budgets, exactly.
 
     ``None`` (or ``inf``) leaves a budget unconstrained. When no configuration fits, the
@@ -171,8 +176,11 @@ def solve(problem: ScalingProblem, max_latency: Optional[float], max_memory: Opt
     lat_ok, mem_ok = _cheapest_fits(problem, cap_l, cap_m)
     if lat_ok and mem_ok:
         choice, nodes = _optimize(
-            problem.drops, problem.latencies, problem.memories,
-            _net(cap_l, problem.frame_latency), _net(cap_m, problem.frame_memory),
+            problem.drops,
+            problem.latencies,
+            problem.memories,
+            _net(cap_l, problem.frame_latency),
+            _net(cap_m, problem.frame_memory),
         )
         if choice is not None:
             return _solution(problem, choice, cap_l, cap_m, (), nodes, start)
@@ -181,17 +189,23 @@ def solve(problem: ScalingProblem, max_latency: Optional[float], max_memory: Opt
         return _solution(problem, _lexmin(problem, "memory"), cap_l, cap_m, binding, 0, start)
     net_m = _net(cap_m, problem.frame_memory)
     fastest, nodes = _optimize(problem.latencies, problem.memories, None, net_m, math.inf)
-    assert fastest is not None  # the smallest-memory configuration fits
+    if fastest is None:  # cannot happen: the smallest configuration fits; stay safe anyway
+        fastest = list(_lexmin(problem, "memory"))
     cap_fast = _evaluate(problem, fastest)[1]
     choice, more = _optimize(
-        problem.drops, problem.latencies, problem.memories,
-        _net(cap_fast, problem.frame_latency), net_m,
+        problem.drops,
+        problem.latencies,
+        problem.memories,
+        _net(cap_fast, problem.frame_latency),
+        net_m,
     )
     final = fastest if choice is None else choice
     return _solution(problem, final, cap_l, cap_m, binding, nodes + more, start)
 
 
-def brute_force(problem: ScalingProblem, max_latency: Optional[float], max_memory: Optional[float]) -> Solution:
+def brute_force(
+    problem: ScalingProblem, max_latency: Optional[float], max_memory: Optional[float]
+) -> Solution:
     """:func:`solve` by enumerating every configuration (vectorized): the reference for tests.
 
     Same budgets, tolerance and infeasible answer as :func:`solve`; among configurations with
@@ -273,7 +287,8 @@ def _cheapest_fits(problem: ScalingProblem, cap_l: float, cap_m: float) -> Tuple
 
 def _lexmin(problem: ScalingProblem, objective: str) -> Tuple[int, ...]:
     first, second = (
-        (problem.latencies, problem.memories) if objective == "latency"
+        (problem.latencies, problem.memories)
+        if objective == "latency"
         else (problem.memories, problem.latencies)
     )
     return tuple(
@@ -293,8 +308,13 @@ def _evaluate(problem: ScalingProblem, choice: Sequence[int]) -> Tuple[float, fl
 
 
 def _solution(
-    problem: ScalingProblem, choice: Sequence[int], cap_l: float, cap_m: float,
-    binding: Tuple[str, ...], nodes: int, start: float,
+    problem: ScalingProblem,
+    choice: Sequence[int],
+    cap_l: float,
+    cap_m: float,
+    binding: Tuple[str, ...],
+    nodes: int,
+    start: float,
 ) -> Solution:
     drop, lat, mem = _evaluate(problem, choice)
     return Solution(
@@ -332,14 +352,27 @@ def _later(width: int) -> np.ndarray:
     return np.triu(np.ones((width, width), dtype=bool), 1)
 
 
-def _hull(obj: np.ndarray, cost: np.ndarray) -> Tuple[np.ndarray, ...]:
-    """Per row, the lower convex frontier of (cost, objective): the LP relaxation of a block.
+class _Frontier(NamedTuple):
+    """Lower convex frontiers of (cost, objective), one per row: the LP relaxation of a block.
 
-    ``obj`` and ``cost`` are (rows, options) arrays, ``obj`` padded with inf. Returns each
-    row's cheapest point (``start_cost``, ``start_obj``) and the frontier segments of all
-    rows (``row``, ``dx`` > 0, ``dy`` < 0), row by row. Walking all segments steepest first
-    traces the LP optimum as the budget grows (the greedy of Sinha and Zoltners).
+    Each row's cheapest point (least objective among equally cheap), and the segments of
+    all rows, row by row, each from option ``head`` to option ``tail``, ``dx`` > 0 dearer
+    and ``dy`` < 0 better. Walking all segments steepest first traces the LP optimum as the
+    budget grows (the greedy of Sinha and Zoltners).
     """
+
+    start_cost: np.ndarray
+    start_obj: np.ndarray
+    start: np.ndarray
+    row: np.ndarray
+    head: np.ndarray
+    tail: np.ndarray
+    dx: np.ndarray
+    dy: np.ndarray
+
+
+def _hull(obj: np.ndarray, cost: np.ndarray) -> _Frontier:
+    """The frontiers of (rows, options) arrays; ``obj`` is padded with inf."""
     cost = np.where(np.isfinite(obj), cost, np.inf)  # padding sorts last and never enters
     order = np.lexsort((obj, cost), axis=-1)
     rows = np.arange(len(obj))[:, None]
@@ -360,27 +393,42 @@ def _hull(obj: np.ndarray, cost: np.ndarray) -> Tuple[np.ndarray, ...]:
     r, k = np.nonzero(vertex)
     same = r[1:] == r[:-1]
     r0, k0, r1, k1 = r[:-1][same], k[:-1][same], r[1:][same], k[1:][same]
-    return c[:, 0], o[:, 0], r1, c[r1, k1] - c[r0, k0], o[r1, k1] - o[r0, k0]
+    return _Frontier(
+        c[:, 0],
+        o[:, 0],
+        order[:, 0],
+        r1,
+        order[r0, k0],
+        order[r1, k1],
+        c[r1, k1] - c[r0, k0],
+        o[r1, k1] - o[r0, k0],
+    )
 
 
-def _lp_values(obj: np.ndarray, costs: np.ndarray, budgets: np.ndarray) -> np.ndarray:
-    """LP optimum over all blocks under each of several costs: ``costs[p]`` within ``budgets[p]``.
-
-    One frontier computation for all ``p`` (rows stacked); each segment then contributes the
-    fraction of it that the budget left after the steeper ones covers. inf where infeasible.
-    """
-    n_p, n_b, width = costs.shape
-    start_c, start_o, row, dx, dy = _hull(np.tile(obj, (n_p, 1)), costs.reshape(n_p * n_b, width))
-    group = row // n_b
-    order = np.lexsort((dy / dx, group))
-    group, dx, dy = group[order], dx[order], dy[order]
-    room = budgets - start_c.reshape(n_p, n_b).sum(axis=1)
-    reach = np.cumsum(dx)
-    first = np.searchsorted(group, np.arange(n_p))
-    before = reach - dx - np.append(reach - dx, 0.0)[first][group]
-    used = np.clip((room[group] - before) / dx, 0.0, 1.0)
-    value = start_o.reshape(n_p, n_b).sum(axis=1) + np.bincount(group, dy * used, minlength=n_p)
-    return np.where(room >= 0.0, value, np.inf)
+def _lp_usage(stage: "_Stage", wl: np.ndarray, wm: np.ndarray) -> Tuple[np.ndarray, ...]:
+    """For each mix ``p``: optimum of the LP relaxation under the one budget ``wl[p] *
+    latency + wm[p] * memory``, and the latency and memory its solution uses (value inf
+    where even the cheapest options exceed it). One frontier computation for all mixes."""
+    obj, lat, mem = stage.padded
+    n, count = len(obj), len(wl)
+    f = _hull(
+        np.tile(obj, (count, 1)),
+        (wl[:, None, None] * lat + wm[:, None, None] * mem).reshape(count * n, -1),
+    )
+    group, blk = np.divmod(f.row, n)
+    steep = np.lexsort((f.dy / f.dx, group))
+    group, blk, dx, dy, head, tail = (a[steep] for a in (group, blk, f.dx, f.dy, f.head, f.tail))
+    room = wl * stage.cap_l + wm * stage.cap_m - f.start_cost.reshape(count, n).sum(axis=1)
+    before = np.cumsum(dx) - dx
+    before -= np.append(before, 0.0)[np.searchsorted(group, np.arange(count))][group]
+    used = np.clip((room[group] - before) / dx, 0.0, 1.0)  # fraction of each segment taken
+    start = f.start.reshape(count, n)
+    value, used_l, used_m = (
+        rows[np.arange(n), start].sum(axis=1)
+        + np.bincount(group, used * (rows[blk, tail] - rows[blk, head]), minlength=count)
+        for rows in (obj, lat, mem)
+    )
+    return np.where(room >= 0.0, value, np.inf), used_l, used_m
 
 
 class _Bounds:
@@ -402,7 +450,8 @@ class _Bounds:
         self.mixes = mixes
         wl, wm = np.array(mixes).T
         costs = wl[:, None, None] * lat + wm[:, None, None] * mem
-        start_c, start_o, row, dx, dy = _hull(np.tile(obj, (count, 1)), costs.reshape(-1, width))
+        f = _hull(np.tile(obj, (count, 1)), costs.reshape(-1, width))
+        start_c, start_o, row, dx, dy = f.start_cost, f.start_obj, f.row, f.dx, f.dy
         group, blk = np.divmod(row, n)
         span = np.bincount(group, dx, minlength=count)
         scale = np.where(span > 0.0, span, 1.0)
@@ -422,18 +471,25 @@ class _Bounds:
         ys[:, :, 1:] += np.cumsum(np.where(inside, seg[1][:, None, :], 0.0), axis=2)
         run = np.diff(xs, axis=2)
         slopes = np.zeros_like(xs)
-        slopes[:, :, :-1] = np.where(run > 0.0, np.diff(ys, axis=2) / np.where(run > 0.0, run, 1.0), 0.0)
+        slopes[:, :, :-1] = np.where(
+            run > 0.0, np.diff(ys, axis=2) / np.where(run > 0.0, run, 1.0), 0.0
+        )
         self.rows2 = 2.0 * (n + 1) * np.arange(count)[:, None]
         self.key = (xs + (self.rows2 + 2.0 * np.arange(n + 1))[:, :, None]).ravel()
         self.xs, self.ys, self.slopes = xs.ravel(), ys.ravel(), slopes.ravel()
-        root, slope = self._read(np.zeros(1, dtype=np.intp), (self.wl * stage.cap_l + self.wm * stage.cap_m)[:, None])
-        self.root = root[:, 0]
-        self.dual = np.where(np.isfinite(self.root), -slope[:, 0], 0.0)  # LP multipliers at the root
+        root, slope = self._read(
+            np.zeros(1, dtype=np.intp), (self.wl * stage.cap_l + self.wm * stage.cap_m)[:, None]
+        )
+        self.root = root[:, 0]  # the LP bound of the whole stage, and its multiplier
+        self.dual = np.where(np.isfinite(self.root), -slope[:, 0], 0.0)
 
     def _read(self, depth: np.ndarray, room: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         x = room - self.min_cost[:, depth]
         # a negative x lands in the row before; its value is replaced by inf below
-        j = np.searchsorted(self.key, np.minimum(x, 1.0) + (self.rows2 + 2.0 * depth), side="right") - 1
+        j = (
+            np.searchsorted(self.key, np.minimum(x, 1.0) + (self.rows2 + 2.0 * depth), side="right")
+            - 1
+        )
         slope = self.slopes[j]
         value = self.ys[j] + slope * (np.minimum(x, 1.0) - self.xs[j])
         value[x < 0.0] = np.inf
@@ -458,9 +514,8 @@ def _suffix_sums(values: np.ndarray) -> np.ndarray:
 def _bounds(stage: "_Stage", surrogate: Optional[Tuple[float, float]] = None) -> Optional[_Bounds]:
     """Relaxations for a stage: one per active budget, and a surrogate of both when both are.
 
-    The surrogate mix, unless given, is the best of a grid (then of a finer grid around the
-    best) by its LP bound at the root, with costs scaled by their spans so the mix is even.
-    Any mix gives a valid bound: the search only buys pruning.
+    The surrogate mix, unless given, is searched for (``_surrogate``). Any mix gives a
+    valid bound: the search only buys pruning.
     """
     mixes = [m for m, on in (((1.0, 0.0), stage.active_l), ((0.0, 1.0), stage.active_m)) if on]
     if len(mixes) == 2:
@@ -469,19 +524,29 @@ def _bounds(stage: "_Stage", surrogate: Optional[Tuple[float, float]] = None) ->
 
 
 def _surrogate(stage: "_Stage") -> Tuple[float, float]:
+    """Weights of the surrogate budget ``wl * latency + wm * memory`` with the best root bound.
+
+    A search on the mix ``t`` (costs scaled by their spans) that narrows, each round, to
+    the mixes between the last one whose LP optimum overspends memory (it needs more memory
+    weight) and the first that overspends latency; a mix whose LP optimum fits both budgets
+    is the two-budget LP optimum and ends the search.
+    """
     obj, lat, mem = stage.padded
     valid = np.isfinite(obj)
     span_l = float(np.ptp(np.where(valid, lat, lat.min()), axis=1).sum()) or 1.0
     span_m = float(np.ptp(np.where(valid, mem, mem.min()), axis=1).sum()) or 1.0
-    mix = np.linspace(0.0, 1.0, _SURROGATE_GRID + 2)[1:-1]
-    step = mix[0]
+    low, high, best, best_t = 0.0, 1.0, -math.inf, 0.5
     for _ in range(_SURROGATE_ROUNDS):
-        wl, wm = (1.0 - mix) / span_l, mix / span_m
-        costs = wl[:, None, None] * lat + wm[:, None, None] * mem
-        t = float(mix[np.argmax(_lp_values(obj, costs, wl * stage.cap_l + wm * stage.cap_m))])
-        step /= (_SURROGATE_GRID + 1) / 2
-        mix = np.clip(t + step * np.arange(-(_SURROGATE_GRID // 2), _SURROGATE_GRID // 2 + 1), 0, 1)
-    return (1.0 - t) / span_l, t / span_m
+        t = low + (high - low) * np.arange(1, _SURROGATE_MIXES + 1) / (_SURROGATE_MIXES + 1)
+        value, used_l, used_m = _lp_usage(stage, (1.0 - t) / span_l, t / span_m)
+        if value.max() > best:
+            best, best_t = float(value.max()), float(t[np.argmax(value)])
+        over_l, over_m = used_l > stage.cap_l, used_m > stage.cap_m
+        if math.isinf(best) or not (over_l | over_m).all():  # proven infeasible, or LP optimal
+            break
+        low = float(t[over_m].max()) if over_m.any() else low
+        high = float(t[over_l].min()) if over_l.any() else high
+    return (1.0 - best_t) / span_l, best_t / span_m
 
 
 # ------------------------------------------------------------------------------- search
@@ -527,20 +592,27 @@ class _Stage:
     """
 
     def __init__(
-        self, obj: List[np.ndarray], lat: List[np.ndarray], mem: List[np.ndarray],
-        cap_l: float, cap_m: float, active_l: bool, active_m: bool, fixed_drop: float = 0.0,
+        self,
+        obj: List[np.ndarray],
+        lat: List[np.ndarray],
+        mem: List[np.ndarray],
+        cap_l: float,
+        cap_m: float,
+        active_l: bool,
+        active_m: bool,
+        fixed_drop: float = 0.0,
     ) -> None:
         self.obj, self.lat, self.mem = obj, lat, mem
         self.cap_l, self.cap_m, self.active_l, self.active_m = cap_l, cap_m, active_l, active_m
         self.fixed_drop = fixed_drop
         self.padded = (_pad(obj, np.inf), _pad(lat, 0.0), _pad(mem, 0.0))
         self.width = self.padded[0].shape[1]
-        o, l, m = self.padded
-        best_k = np.lexsort((m, l, o), axis=1)[:, 0]
+        drops, lats, mems = self.padded
+        best_k = np.lexsort((mems, lats, drops), axis=1)[:, 0]
         rows = np.arange(len(obj))
         self.best_k = best_k.tolist()
-        self.table = _suffix_sums(np.stack([o[rows, best_k], l[rows, best_k], m[rows, best_k]]))
-        self.steps = np.stack([self.padded[0], -self.padded[1], -self.padded[2]], axis=1)
+        self.table = _suffix_sums(np.stack([a[rows, best_k] for a in self.padded]))
+        self.steps = np.stack([drops, -lats, -mems], axis=1)
 
     def select(self, alive: List[np.ndarray]) -> Tuple["_Stage", List[int]]:
         """The blocks with more than one option alive (and their indices); the others are
@@ -553,7 +625,8 @@ class _Stage:
             [self.mem[d][alive[d]] for d in free],
             self.cap_l - sum(float(self.lat[d][k]) for d, k in fixed),
             self.cap_m - sum(float(self.mem[d][k]) for d, k in fixed),
-            self.active_l, self.active_m,
+            self.active_l,
+            self.active_m,
             sum(float(self.obj[d][k]) for d, k in fixed),
         )
         return stage, free
@@ -566,15 +639,8 @@ def _optimize(
 
     Caps are net of the frame and include the slack; ``mem=None`` means one constraint.
     Returns the option per block (None if nothing fits) and the number of search states.
-
-    A narrow beam, block by block, finds a good configuration. Then an exact search for a
-    better one: options whose Lagrangian bound (from each relaxation's root multiplier)
-    cannot beat the target are removed, which fixes most blocks and tightens the
-    relaxations of the rest, and a best-first search over the blocks left finds the best
-    configuration below the target or proves there is none (see ``_search``). The first
-    target is the incumbent's value, with a cap on the work; if that runs long, a ladder
-    of targets from just above the LP bound up to the incumbent (a lower target fixes more
-    blocks and keeps fewer states, and the first one that succeeds gives the optimum).
+    A narrow beam, block by block, finds a good configuration; :func:`_improve` then finds
+    a better one or proves there is none.
     """
     # a budget that no configuration exceeds constrains nothing
     active_l = math.isfinite(cap_l) and cap_l < sum(max(r) for r in lat)
@@ -585,6 +651,14 @@ def _optimize(
     kept = _reduce(obj, lat, mem, cap_l if active_l else math.inf, cap_m if active_m else math.inf)
     if kept is None:
         return None, 0
+    if math.prod(len(ks) for ks in kept) <= _PAIR_LIMIT:
+        _, found = _pair_halves(
+            *([[r[k] for k in ks] for r, ks in zip(rows, kept)] for rows in (obj, lat, mem)),
+            cap_l if active_l else math.inf,
+            cap_m if active_m else math.inf,
+        )
+        nodes = math.prod(len(ks) for ks in kept)
+        return (None if found is None else [ks[k] for ks, k in zip(kept, found)]), nodes
     # branch first on the blocks whose choice moves the objective most
     spread = [max(obj[b][k] for k in ks) - min(obj[b][k] for k in ks) for b, ks in enumerate(kept)]
     order = sorted(range(len(obj)), key=lambda b: -spread[b])
@@ -593,16 +667,68 @@ def _optimize(
         [np.array([obj[b][k] for k in ks]) for b, ks in zip(order, kept)],
         [np.array([lat[b][k] for k in ks]) for b, ks in zip(order, kept)],
         [np.array([mem[b][k] for k in ks]) for b, ks in zip(order, kept)],
-        cap_l if active_l else 0.0, cap_m if active_m else 0.0, active_l, active_m,
+        cap_l if active_l else 0.0,
+        cap_m if active_m else 0.0,
+        active_l,
+        active_m,
     )
     tol = REL_TOL * sum(float(np.abs(r).max()) for r in stage.obj)
     bounds = _bounds(stage)
-    value, found, nodes = _search(stage, bounds, math.inf, tol, _BEAM)
-    if found is None:  # the beam keeps every state whose room allows a completion
-        return None, nodes
-    best = [kept[d][k] for d, k in enumerate(found)]
+    value, found, nodes = _search(stage, bounds, math.inf, tol, _BEAM)  # may miss: a heuristic
+    better, more = _improve(stage, bounds, value, tol)
+    choice = found if better is None else better
+    if choice is None:
+        return None, nodes + more
+    return _in_block_order([kept[d][k] for d, k in enumerate(choice)], order), nodes + more
+
+
+def _pair_halves(
+    obj: Sequence[Sequence[float]],
+    lat: Sequence[Sequence[float]],
+    mem: Sequence[Sequence[float]],
+    cap_l: float,
+    cap_m: float,
+) -> Tuple[float, Optional[List[int]]]:
+    """Exact by enumeration, for few configurations: every configuration of each half of the
+    blocks, then the best pair that fits (meet in the middle: a few array operations).
+
+    Returns the least total objective and its options, or (inf, None) if nothing fits.
+    """
+    sizes = [len(r) for r in obj]
+    half = min(
+        range(len(sizes) + 1), key=lambda h: abs(math.prod(sizes[:h]) - math.prod(sizes[h:]))
+    )
+    first, second = [
+        [_enumerate(0.0, tuple(tuple(r) for r in rows[part])) for rows in (obj, lat, mem)]
+        for part in (slice(None, half), slice(half, None))
+    ]
+    fits = (first[1][:, None] + second[1] <= cap_l) & (first[2][:, None] + second[2] <= cap_m)
+    total = np.where(fits, first[0][:, None] + second[0], np.inf)
+    best = int(np.argmin(total))
+    if not np.isfinite(total.flat[best]):
+        return math.inf, None
+    i, j = divmod(best, len(second[0]))
+    return float(total.flat[best]), [
+        int(k) for k in np.unravel_index(i, sizes[:half]) + np.unravel_index(j, sizes[half:])
+    ]
+
+
+def _improve(
+    stage: _Stage, bounds: Optional[_Bounds], value: float, tol: float
+) -> Tuple[Optional[List[int]], int]:
+    """The best configuration with drop below ``value - tol``, or None if there is none.
+
+    For a target, options whose Lagrangian bound cannot beat it are removed (``_fix``),
+    which fixes most blocks and tightens the relaxations of the rest, and a best-first
+    search over the blocks left finds the best configuration below the target or proves
+    there is none. The first target is ``value``, with a cap on the work; if that runs
+    long, a ladder of targets from just above the LP bound up to the best value so far: a
+    lower target fixes more blocks and keeps fewer states, and the first that succeeds
+    gives the optimum. Returns the options (indices into the stage's) and search states.
+    """
     surrogate = bounds.mixes[2] if bounds is not None and len(bounds.mixes) == 3 else None
     floor = float(bounds.root.max()) if bounds is not None else -math.inf
+    best, nodes = None, 0
     targets: List[Tuple[float, Optional[int]]] = [(value, _FIRST_LIMIT)]
     while targets:
         target, limit = targets.pop(0)
@@ -610,24 +736,30 @@ def _optimize(
         if alive is None:
             continue
         rest, free = stage.select(alive)
-        if free:
-            found_value, better, more = _search(
+        ran_long = False
+        size = math.prod(len(r) for r in rest.obj)
+        if size <= _PAIR_LIMIT or not free:  # few configurations left (perhaps one): enumerate
+            found, better = _pair_halves(rest.obj, rest.lat, rest.mem, rest.cap_l, rest.cap_m)
+            nodes += size
+            if found + rest.fixed_drop >= target - tol:
+                better = None
+        else:
+            found, better, more = _search(
                 rest, _bounds(rest, surrogate), target - rest.fixed_drop, tol, None, limit
             )
             nodes += more
-        else:
-            fits = rest.cap_l >= 0.0 and rest.cap_m >= 0.0
-            found_value, better, more = 0.0, ([] if fits and rest.fixed_drop < target - tol else None), 0
+            ran_long = limit is not None and more > limit
         if better is not None:
             pick = dict(zip(free, better))
-            best = [kept[d][int(np.flatnonzero(a)[pick.get(d, 0)])] for d, a in enumerate(alive)]
-            value = found_value + rest.fixed_drop
-        if limit is not None and more > limit:  # ran long: climb the ladder instead
+            best = [int(np.flatnonzero(a)[pick.get(d, 0)]) for d, a in enumerate(alive)]
+            value = found + rest.fixed_drop
+        if ran_long:  # climb the ladder instead
             gap = value - floor
-            targets = [(floor + f * gap, None) for f in _LADDER if f * gap > tol] + [(value, None)]
+            ladder = [floor + f * gap for f in _LADDER if math.isfinite(gap) and f * gap > tol]
+            targets = [(t, None) for t in ladder + [value]]
         elif better is not None:
             break
-    return _in_block_order(best, order), nodes
+    return best, nodes
 
 
 def _fix(stage: _Stage, bounds: Optional[_Bounds], target: float) -> Optional[List[np.ndarray]]:
@@ -662,8 +794,12 @@ def _in_block_order(choice: List[int], order: List[int]) -> List[int]:
 
 
 def _search(
-    stage: _Stage, bounds: Optional[_Bounds], incumbent: float, tol: float,
-    beam: Optional[int], limit: Optional[int] = None,
+    stage: _Stage,
+    bounds: Optional[_Bounds],
+    incumbent: float,
+    tol: float,
+    beam: Optional[int],
+    limit: Optional[int] = None,
 ) -> Tuple[float, Optional[List[int]], int]:
     """Branch and bound over partial configurations, expanded in vectorized batches.
 
@@ -688,6 +824,8 @@ def _search(
     while states.shape[1] and (limit is None or expanded <= limit):
         if best < pruned_at:
             states, pruned_at = states[:, states[4] < best - tol], best
+            if not states.shape[1]:
+                break
         rest = None
         size = max(_BATCH, states.shape[1] // 2)
         if beam is None and states.shape[1] > size:
@@ -705,7 +843,10 @@ def _search(
         if done.any():
             j = int(np.flatnonzero(done)[np.argmin(bound[done])])
             if bound[j] < best - tol:
-                best, best_at = float(bound[j]), (int(states[5, j // width]), int(nxt[j]), j % width)
+                best, best_at = (
+                    float(bound[j]),
+                    (int(states[5, j // width]), int(nxt[j]), j % width),
+                )
         if bounds is not None:  # inf where the cheapest options of the rest do not fit
             bound = np.maximum(bound, drop + bounds.bound(nxt, room_l, room_m))
         go = np.flatnonzero(~done & (bound < best - tol))
@@ -713,7 +854,9 @@ def _search(
             go = go[np.argpartition(bound[go], beam - 1)[:beam]]
         parents.append(states[5, go // width].astype(np.int64))
         options.append(go % width)
-        states = np.vstack([nxt[go], child[:, go], bound[go], np.arange(next_id, next_id + len(go))])
+        states = np.vstack(
+            [nxt[go], child[:, go], bound[go], np.arange(next_id, next_id + len(go))]
+        )
         next_id += len(go)
         if rest is not None:
             states = np.concatenate([rest, states], axis=1)
