@@ -14,6 +14,7 @@ __all__ = [
     "StoreError",
     "FingerprintMismatchError",
     "CorruptedStoreError",
+    "InvalidProblemError",
 ]
 
 
@@ -43,3 +44,7 @@ class FingerprintMismatchError(StoreError):
 
 class CorruptedStoreError(StoreError):
     """A file in a blocks directory does not match what its manifest records."""
+
+
+class InvalidProblemError(LegoDNNError, ValueError):
+    """An optimization problem or budget that makes no sense (NaN costs, a budget <= 0)."""

@@ -61,8 +61,7 @@ def test_latency_profile(pipeline) -> None:
     table = latency.table()
     assert set(table) == set(bm.block_names)
     assert all(set(t) == set(SPARSITIES) and all(v > 0 for v in t.values()) for t in table.values())
-    raw = latency.frame_latency_s + sum(table[b][0.0] for b in bm.block_names)
-    assert raw == pytest.approx(latency.teacher_latency_s)
+    assert 0 < latency.frame_latency_s < latency.teacher_latency_s
     v = latency.validation
     assert v["n"] == 6 and len(v["measured_s"]) == 6 and 0.0 <= v["within_10pct"] <= 1.0
     assert LatencyProfile.load(path) == latency

@@ -1,8 +1,8 @@
 """LatencyEstimator: time every descendant block on this device and estimate composed models.
 
 Each descendant is timed alone on its real input shape (warm-up, then the median of
-``test_sample_num`` runs, CUDA synchronized); the frame is the teacher's time minus its
-blocks. A composed model is estimated as frame + its blocks, optionally calibrated
+``test_sample_num`` runs, CUDA synchronized); the frame is timed alone too, with every
+block replaced by its recorded output. A composed model is estimated as frame + its blocks, optionally calibrated
 (``a * blocks + b``) on measured compositions, and the estimator reports its own error
 on other random compositions it measures.
 """
@@ -160,6 +160,20 @@ def _choose_calibration(sums: np.ndarray, measured: np.ndarray, frame: float) ->
     return _fit(sums, measured - frame)
 
 
+class _Recorded(nn.Module):
+    """Stands in for a block: returns the outputs recorded from the teacher, in call order."""
+
+    def __init__(self, outputs: List[torch.Tensor]) -> None:
+        super().__init__()
+        self.outputs = outputs
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.outputs[self.calls % len(self.outputs)]
+        self.calls += 1
+        return out
+
+
 class LatencyEstimator:
     """Profile block latencies on this device (``backend`` "torch" or "onnxruntime").
 
@@ -250,7 +264,7 @@ class LatencyEstimator:
                 cache[(spec.name, s)] = module
             rows.append(BlockLatency(spec.name, s, self.time_module(module, spec.input_shape)))
         teacher = self.time_module(bm.teacher, self.model_input_size)
-        frame = teacher - sum(r.latency_s for r in rows if r.sparsity == 0)
+        frame = self._frame_latency(teacher, rows)
         profile = LatencyProfile(
             device=device_description(self.device),
             backend=self.backend,
@@ -274,6 +288,26 @@ class LatencyEstimator:
                 f"(uncalibrated {100 * v['within_10pct_raw']:.0f}%), mean abs error {100 * v['mean_abs_rel_error']:.1f}%"
             )
         return profile
+
+    def _frame_latency(self, teacher: float, rows: Sequence[BlockLatency]) -> float:
+        """Time the frame alone, every block replaced by a module that returns its recorded
+        output; where that is not possible (ONNX Runtime), the teacher minus its blocks."""
+        bm = self.block_manager
+        if self.backend == "torch":
+            outputs: Dict[str, List[torch.Tensor]] = {n: [] for n in bm.block_names}
+            hooks = [
+                bm.get_block(n).register_forward_hook(lambda m, a, out, n=n: outputs[n].append(out))
+                for n in bm.block_names
+            ]
+            try:
+                with torch.no_grad():
+                    bm.teacher.eval()(torch.rand(self.model_input_size, device=self.device))
+            finally:
+                for h in hooks:
+                    h.remove()
+            frame_only = bm.compose({n: _Recorded(outs) for n, outs in outputs.items()})
+            return self.time_module(frame_only, self.model_input_size)
+        return max(0.0, teacher - sum(r.latency_s for r in rows if r.sparsity == 0))
 
     def measure(self, config: Dict[str, float], cache: Optional[Dict[Tuple[str, float], nn.Module]] = None) -> float:
         """Measured latency of one composed model (seconds)."""

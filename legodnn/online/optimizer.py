@@ -20,7 +20,7 @@ import torch
 
 from ..blockmanager.auto_block_manager import AutoBlockManager
 from ..blockmanager.switcher import BlockSwitcher
-from ..errors import LegoDNNError, StoreError
+from ..errors import InvalidProblemError, LegoDNNError, StoreError
 from ..offline.profiles import ModelProfile
 from .latency import LatencyProfile, device_description
 from .solver import ScalingProblem, Solution, cheapest, solve
@@ -180,7 +180,7 @@ class ScalingOptimizer:
         """Solve only (no swap): seconds and bytes; ``None`` leaves a budget open."""
         for name, value in (("max_latency", max_latency), ("max_memory", max_memory)):
             if value is not None and not (value > 0):
-                raise ValueError(f"{name} must be a positive number (seconds / bytes), got {value}")
+                raise InvalidProblemError(f"{name} must be a positive number (seconds / bytes), got {value}")
         return solve(self.problem, max_latency, max_memory)
 
     def update_model(

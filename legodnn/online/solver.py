@@ -33,6 +33,8 @@ from typing import Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..errors import InvalidProblemError
+
 __all__ = ["REL_TOL", "ScalingProblem", "Solution", "brute_force", "cheapest", "solve"]
 
 REL_TOL = 1e-12
@@ -56,7 +58,7 @@ def _as_rows(name: str, rows: Iterable[Iterable[float]]) -> Rows:
         values = tuple(float(v) for v in np.asarray(row, dtype=np.float64).reshape(-1))
         for k, v in enumerate(values):
             if not math.isfinite(v):
-                raise ValueError(
+                raise InvalidProblemError(
                     f"{name} of block {b}, option {k} is {v}; drops, latencies and memories "
                     "must be finite numbers"
                 )
@@ -85,24 +87,24 @@ class ScalingProblem:
         rows = {n: _as_rows(what, getattr(self, n)) for n, what in names.items()}
         drops, lats, mems = rows["drops"], rows["latencies"], rows["memories"]
         if not drops:
-            raise ValueError("a ScalingProblem needs at least one block")
+            raise InvalidProblemError("a ScalingProblem needs at least one block")
         if not len(drops) == len(lats) == len(mems):
-            raise ValueError(
+            raise InvalidProblemError(
                 f"got drops for {len(drops)} blocks, latencies for {len(lats)} and memories "
                 f"for {len(mems)}; every block needs all three"
             )
         for b, (drop, lat, mem) in enumerate(zip(drops, lats, mems)):
             if not drop:
-                raise ValueError(f"block {b} has no options; each block needs at least one")
+                raise InvalidProblemError(f"block {b} has no options; each block needs at least one")
             if not len(drop) == len(lat) == len(mem):
-                raise ValueError(
+                raise InvalidProblemError(
                     f"block {b} has {len(drop)} drops, {len(lat)} latencies and {len(mem)} "
                     "memories; each option needs one of each"
                 )
         for n in ("frame_latency", "frame_memory"):
             v = float(getattr(self, n))
             if not math.isfinite(v):
-                raise ValueError(f"{n} must be a finite number, got {v}")
+                raise InvalidProblemError(f"{n} must be a finite number, got {v}")
             object.__setattr__(self, n, v)
         for n, v in rows.items():
             object.__setattr__(self, n, v)
@@ -217,7 +219,7 @@ def brute_force(
     cap_m = _check_budget("max_memory", max_memory, "bytes")
     n = problem.num_configurations
     if n > BRUTE_FORCE_LIMIT:
-        raise ValueError(f"brute_force refuses {n:,} configurations (limit {BRUTE_FORCE_LIMIT:,})")
+        raise InvalidProblemError(f"brute_force refuses {n:,} configurations (limit {BRUTE_FORCE_LIMIT:,})")
     shape = tuple(len(d) for d in problem.drops)
     total_d = _enumerate(0.0, problem.drops)
     total_l = _enumerate(problem.frame_latency, problem.latencies)
@@ -247,7 +249,7 @@ def cheapest(problem: ScalingProblem, objective: str = "latency") -> Solution:
     resource, then by drop. No budget applies, so the result is ``feasible``.
     """
     if objective not in ("latency", "memory"):
-        raise ValueError(f"objective must be 'latency' or 'memory', got {objective!r}")
+        raise InvalidProblemError(f"objective must be 'latency' or 'memory', got {objective!r}")
     start = time.perf_counter()
     return _solution(problem, _lexmin(problem, objective), math.inf, math.inf, (), 0, start)
 
@@ -260,7 +262,7 @@ def _check_budget(name: str, value: Optional[float], unit: str) -> float:
         return math.inf
     v = float(value)
     if math.isnan(v) or v <= 0:
-        raise ValueError(f"{name} must be positive {unit} (or None for no limit), got {value!r}")
+        raise InvalidProblemError(f"{name} must be positive {unit} (or None for no limit), got {value!r}")
     return v
 
 
