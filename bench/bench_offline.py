@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import tarfile
 import tempfile
 import time
@@ -111,6 +112,7 @@ def main(argv: List[str] | None = None) -> Dict[str, Any]:
     print(f"CIFAR-10 from {root}: {len(ytr)} training and {len(yte)} test images (random subsets)")
 
     work = Path(args.cache) / "run"
+    shutil.rmtree(work, ignore_errors=True)  # a fresh run: no resume from another configuration
     t = time.perf_counter()
     teacher = get_model("cifar_resnet18", num_classes=10, base_width=args.width)
     acc = train_classifier(teacher, train, test, args.epochs, lr=0.1, device="cpu", verbose=False)
