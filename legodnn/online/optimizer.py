@@ -199,7 +199,7 @@ class ScalingOptimizer:
             raise InfeasibleBudgetError(self._explain(solution, max_latency, max_memory), closest)
         switch = self.switcher.switch(sparsities)
         result = self._result(solution, sparsities, switch)
-        logger.info(
+        logger.debug(
             "budget %s s / %s B -> %s (est. %s %.4f, %.2f ms, %.2f MB), swapped %d blocks in %.2f ms",
             max_latency, max_memory, result.sparsities, result.metric_name, result.estimated_metric,
             1e3 * result.estimated_latency_s, result.model_bytes / 1e6, len(result.blocks_swapped),
