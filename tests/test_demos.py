@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
+import shutil
+import sys
 from pathlib import Path
 from types import ModuleType
+
+import pytest
 
 DEMOS = Path(__file__).resolve().parents[1] / "demos"
 
@@ -13,6 +19,7 @@ def _load(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"demos_{name}", DEMOS / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -31,3 +38,67 @@ def test_blockmanager_demo(tmp_path: Path) -> None:
     assert last["bytes_loaded"] == 0 and not last["from_disk"]  # a configuration seen before: all cached
     params = [s["params"] for s in result["switches"]]
     assert min(params) == result["switches"][0]["params"] < max(params)
+
+
+@pytest.mark.slow
+def test_image_classification_demo_quick(tmp_path: Path) -> None:
+    demo = _load("image_classification_demo")
+    out = tmp_path / "run"
+    result = demo.main(["--quick", "--quiet", "--out", str(out), "--device", "cpu"])
+    assert result["dataset"] == "digits" and "digits" in result["data_description"]
+    assert 0.0 <= result["teacher_accuracy"] <= 1.0
+    assert result["num_blocks"] == 8 and result["num_descendants"] == 8 * len(demo.SPARSITIES)
+    rows = result["rows"]
+    assert [r["label"] for r in rows] == ["teacher", "all 0.3", "all 0.6", "all 0.8", "random 1", "random 2"]
+    teacher = rows[0]
+    assert teacher["sparsities"] == [0.0] * 8
+    assert teacher["measured_accuracy"] == teacher["estimated_accuracy"] == result["teacher_accuracy"]
+    assert teacher["estimated_accuracy_multiplicative"] == pytest.approx(result["teacher_accuracy"])
+    assert result["accuracy_model"]["best"] in ("additive", "multiplicative")
+    uniform = rows[:4]
+    for smaller, larger in zip(uniform[1:], uniform):
+        assert smaller["size_bytes"] < larger["size_bytes"] and smaller["flops"] < larger["flops"]
+    assert all(0.0 <= r["measured_accuracy"] <= 1.0 for r in rows)
+    assert set(result["timings"]) == {"data", "teacher", "extract", "retrain", "profile", "table"}
+    assert (out / "results.json").is_file() and (out / "trained_blocks" / "block_profile.csv").is_file()
+    # the saved teacher loads back with the same accuracy (what --teacher does)
+    data = demo.load_data(None, quick=True)
+    fresh = demo.build_teacher(10, "cpu", seed=1)
+    assert demo.load_teacher(fresh, out / "teacher.safetensors", data, "cpu") == result["teacher_accuracy"]
+    # a second run into the same directory, with another teacher (other blocks), starts afresh
+    again = demo.main(["--quick", "--quiet", "--out", str(out), "--device", "cpu", "--seed", "1"])
+    assert len(again["rows"]) == len(rows) and (out / "trained_blocks" / "manifest.json").is_file()
+
+
+def test_image_classification_demo_data_choice(tmp_path: Path) -> None:
+    from test_cv_tasks_data import write_cifar10
+
+    demo = _load("image_classification_demo")
+    fallback = demo.load_data(tmp_path / "empty", quick=True, download=False)
+    assert fallback.name == "digits" and "CIFAR-10 unavailable" in fallback.description
+    write_cifar10(tmp_path / "cifar")
+    cifar = demo.load_data(tmp_path / "cifar", quick=True, download=False)
+    assert cifar.name == "cifar10" and cifar.num_classes == 10 and "CIFAR-10 from" in cifar.description
+    x, _ = next(iter(cifar.test_loader))
+    assert x.shape[1:] == (3, 32, 32)
+
+
+@pytest.mark.slow
+def test_image_classification_notebook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(DEMOS / "image_classification.ipynb", as_version=4)
+    setup = next(c for c in nb.cells if c.cell_type == "code" and "QUICK = " in c.source)
+    setup.source = re.sub(r"^QUICK = False", "QUICK = True", setup.source, flags=re.M)
+    assert "QUICK = True" in setup.source
+    shutil.copy(DEMOS / "image_classification_demo.py", tmp_path)  # beside the notebook, as in demos/
+    # the kernel imports legodnn and cv_tasks from this checkout, installed or not
+    root = str(DEMOS.parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "teacher test accuracy" in text and "65,536 descendant models" in text
+    assert "all 0.8" in text and "accuracy models on random models" in text
+    assert (tmp_path / "runs" / "image_classification_notebook" / "trained_blocks" / "block_profile.csv").is_file()

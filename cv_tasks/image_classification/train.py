@@ -3,15 +3,18 @@
 The recipe: SGD with Nesterov momentum 0.9 and weight decay 5e-4 on cross-entropy; the
 learning rate rises linearly from 0 to ``lr`` over the first 10% of steps (BatchNorm
 statistics settle before large steps) and then follows a cosine to 0, stepped per batch
-so that even a one-epoch run gets the whole schedule. It reaches about 94% on CIFAR-10
-with ResNet-18 in 30 epochs (batch 128, lr 0.1) and 97-98% on the digits in 15.
+so that even a one-epoch run gets the whole schedule. SGD rather than Adam: with this
+schedule it is the usual CIFAR recipe, and it generalises at least as well. Measured
+here: 99.4% test accuracy on the digits with ``cifar_resnet18(base_width=16)`` after 8
+epochs (batch 64, lr 0.05; about a minute on two CPU cores). For CIFAR-10 the defaults
+(batch 128, lr 0.1, 30 epochs) are the common ones; expect hours on a CPU, minutes on a GPU.
 
 From the command line::
 
     python -m cv_tasks.image_classification.train --model cifar_resnet18 --data ROOT \\
         --epochs 30 --out weights.safetensors
     python -m cv_tasks.image_classification.train --dataset digits --base-width 16 \\
-        --epochs 15 --out digits_resnet18.safetensors
+        --epochs 8 --batch-size 64 --lr 0.05 --out digits_resnet18.safetensors
 
 Weights are saved as safetensors (no pickle), written to a temporary file and renamed,
 with the model name, its arguments, the data set and the test accuracy as metadata.
@@ -162,7 +165,9 @@ def load_weights(model: nn.Module, path: PathLike) -> Dict[str, str]:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no weights file at {path}; train one with python -m cv_tasks.image_classification.train")
+        raise FileNotFoundError(
+            f"no weights file at {path}; train one with python -m cv_tasks.image_classification.train"
+        )
     with safe_open(str(path), framework="pt") as f:
         metadata = dict(f.metadata() or {})
     state = load_file(str(path))
