@@ -48,7 +48,17 @@ from torch.utils.data import DataLoader
 import cv_tasks
 from cv_tasks.image_classification import datasets
 from cv_tasks.image_classification.train import evaluate, load_weights, save_weights, train_classifier
-from legodnn import AutoBlockManager, BlockProfiler, BlockRetrainer, CommonModelManager, ModelProfile
+from legodnn import (
+    AutoBlockManager,
+    BlockProfiler,
+    BlockRetrainer,
+    CommonModelManager,
+    InfeasibleBudgetError,
+    LatencyEstimator,
+    LatencyProfile,
+    ModelProfile,
+    ScalingOptimizer,
+)
 from legodnn.blockmanager.measure import count_params
 from legodnn.offline import AccuracyModelReport
 
@@ -76,7 +86,7 @@ class Settings:
     def defaults(cls, dataset: str, quick: bool = False) -> "Settings":
         """Defaults per data set; ``quick`` trims them to a smoke run of a few seconds per step."""
         if quick:
-            return cls(epochs=3, block_epochs=1, batch_size=32, lr=0.1, train_subset=512, test_subset=256,
+            return cls(epochs=2, block_epochs=1, batch_size=32, lr=0.1, train_subset=256, test_subset=128,
                        random_compositions=2)
         if dataset == "digits":
             return cls(epochs=8, block_epochs=10, batch_size=64, lr=0.05)
@@ -325,6 +335,36 @@ def print_table(rows: Sequence[Dict[str, Any]], metric: str = "acc") -> None:
               f"{r['estimated_accuracy_multiplicative']:>8.4f} {r['measured_accuracy']:>8.4f}")
 
 
+def optimize_and_swap(
+    block_manager: AutoBlockManager, model_manager: CommonModelManager, trained_dir: Path,
+    latency: LatencyProfile, device: str,
+) -> List[Dict[str, Any]]:
+    """Budgets from generous to impossible: the optimizer's choice, and what the swap cost."""
+    optimizer = ScalingOptimizer(str(trained_dir), INPUT_SIZE, block_manager, model_manager, device)
+    t_lat, t_mem = latency.teacher_latency_s, optimizer.profile.teacher_size_bytes
+    x = torch.rand(INPUT_SIZE, device=device)
+    rows = []
+    print(f"   {'budget (latency, memory)':28s} {'sparsities':42s} {'est. acc':>8s} {'est. ms':>7s} {'MB':>6s} "
+          f"{'swapped':>7s} {'swap ms':>7s} {'solve ms':>8s}")
+    for lat_f, mem_f in [(1.5, 1.5), (0.8, 0.6), (0.6, 0.3), (0.5, 0.1), (1.5, 1.5), (0.05, 0.01)]:
+        budget = f"{1e3 * lat_f * t_lat:.1f} ms, {mem_f * t_mem / 1e6:.2f} MB"
+        try:
+            r = optimizer.update_model(lat_f * t_lat, mem_f * t_mem)
+        except InfeasibleBudgetError as exc:
+            print(f"   {budget:28s} infeasible: {str(exc).split('. Closest')[0].replace('infeasible budget: ', '')}")
+            rows.append({"budget": budget, "feasible": False, "binding": list(exc.closest.binding)})
+            continue
+        assert optimizer.model(x).shape[0] == 1
+        print(f"   {budget:28s} {_fmt_sparsities(r.sparsities):42s} {r.estimated_metric:8.4f} "
+              f"{1e3 * r.estimated_latency_s:7.2f} {r.model_bytes / 1e6:6.2f} {len(r.blocks_swapped):7d} "
+              f"{1e3 * r.swap_seconds:7.2f} {1e3 * r.solve_seconds:8.2f}")
+        rows.append({"budget": budget, "feasible": True, "sparsities": list(r.sparsities),
+                     "estimated_accuracy": r.estimated_metric, "estimated_latency_s": r.estimated_latency_s,
+                     "model_bytes": r.model_bytes, "blocks_swapped": list(r.blocks_swapped),
+                     "swap_seconds": r.swap_seconds, "solve_seconds": r.solve_seconds})
+    return rows
+
+
 def _write_json(path: Path, payload: Dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
@@ -424,6 +464,18 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         rows = descendant_table(block_manager, model_manager, profile, report, trained_dir, data, device)
         print_table(rows)
 
+    with step("LatencyEstimator: time every block on this device, check the estimate", timings, "latency"):
+        latency = LatencyEstimator(block_manager, model_manager, str(trained_dir), 10 if args.quick else 30,
+                                   INPUT_SIZE, device, verbose=verbose).profile_all_blocks(
+                                       num_compositions=4 if args.quick else 20)
+        v = latency.validation
+        print(f"   teacher {1e3 * latency.teacher_latency_s:.2f} ms, frame {1e3 * latency.frame_latency_s:.2f} ms "
+              f"({latency.device}, {latency.num_threads} thread(s)); estimate within +-10% for "
+              f"{100 * v['within_10pct']:.0f}% of {v['n']} random models (mean error {100 * v['mean_abs_rel_error']:.1f}%)")
+
+    with step("ScalingOptimizer: best model for each budget, hot-swapped", timings, "online"):
+        online = optimize_and_swap(block_manager, model_manager, trained_dir, latency, device)
+
     elapsed = time.perf_counter() - started
     smallest = min(rows, key=lambda r: r["size_bytes"])
     teacher_row = rows[0]
@@ -447,6 +499,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                            "mean_abs_error_multiplicative": report.mean_abs_error_multiplicative,
                            "best": report.best},
         "rows": rows,
+        "latency": {"teacher_s": latency.teacher_latency_s, "within_10pct": latency.validation["within_10pct"],
+                    "mean_abs_rel_error": latency.validation["mean_abs_rel_error"]},
+        "online": online,
         "timings": timings,
         "seconds": elapsed,
     }
