@@ -50,6 +50,16 @@ def sequential_net(num_classes: int = 10) -> nn.Sequential:
     )
 
 
+def conv1d_net(num_classes: int = 10) -> nn.Sequential:
+    """A 1-D (audio / sensor style) network: Conv1d + BatchNorm1d blocks."""
+    return nn.Sequential(
+        nn.Conv1d(4, 16, 5, padding=2), nn.BatchNorm1d(16), nn.ReLU(),
+        nn.Conv1d(16, 32, 3, padding=1), nn.BatchNorm1d(32), nn.ReLU(), nn.MaxPool1d(2),
+        nn.Conv1d(32, 32, 3, padding=1), nn.BatchNorm1d(32), nn.ReLU(),
+        nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(32, num_classes),
+    )
+
+
 def _tv(name: str, **kw) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
         import torchvision
@@ -96,6 +106,7 @@ MODELS: Dict[str, Tuple[Callable[[], nn.Module], Tuple[int, ...]]] = {
     "tv_resnext_tiny": (_resnext_tiny, (1, 3, 64, 64)),
     "functional": (FunctionalNet, (1, 3, 32, 32)),
     "sequential": (sequential_net, (1, 3, 32, 32)),
+    "conv1d": (conv1d_net, (1, 4, 64)),
     "frcnn_mobilenet_v3": (_frcnn, (1, 3, 128, 128)),
 }
 
