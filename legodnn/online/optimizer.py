@@ -137,8 +137,14 @@ class ScalingOptimizer:
                 logger.warning("cannot read %s; using the additive accuracy model", path)
         return "additive"
 
-    def _drop(self, drop: float) -> float:
-        """The objective term of one block: the drop, or its log-retained form."""
+    def _drop(self, drop: float, sparsity: float) -> float:
+        """The objective term of one block: the drop (or its log-retained form).
+
+        A negative measured drop (a descendant scoring above the teacher on a finite test
+        set) is noise, not a reason to prune: it counts as 0, and a tie-break of 1e-9 per
+        unit of sparsity makes equal estimates prefer the less pruned block.
+        """
+        drop = max(0.0, drop) + 1e-9 * sparsity * max(abs(self.profile.teacher_metric), 1e-3)
         if self.accuracy_model == "additive":
             return drop
         teacher = self.profile.teacher_metric
@@ -156,7 +162,7 @@ class ScalingOptimizer:
         drops, lats, mems = [], [], []
         for name in self.block_manager.block_names:
             lat = self.latency.block_latencies(name)
-            drops.append([self._drop(table[name][s].metric_drop) for s in sparsities])
+            drops.append([self._drop(table[name][s].metric_drop, s) for s in sparsities])
             lats.append([lat[s] for s in sparsities])
             mems.append([table[name][s].size_bytes for s in sparsities])
         return ScalingProblem.from_arrays(
