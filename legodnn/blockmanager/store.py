@@ -87,9 +87,7 @@ class StoreWriter:
 
     def write_tensors(self, name: str, tensors: Mapping[str, torch.Tensor]) -> str:
         """Save one safetensors file; returns its SHA-256."""
-        path = self.tmp / name
-        save_file(_to_cpu(tensors), str(path), metadata={"format": "pt"})
-        return _sha256(path)
+        return write_file_atomic(self.tmp / name, tensors)
 
     def commit(self, manifest: Dict[str, Any]) -> None:
         atomic_write_text(self.tmp / MANIFEST_NAME, json.dumps(manifest, indent=1))
