@@ -22,6 +22,10 @@ __all__ = [
     "get_model_builder",
     "get_model_info",
     "list_models",
+    "MODEL_MANAGERS",
+    "register_model_manager",
+    "get_model_manager",
+    "list_tasks",
 ]
 
 T = TypeVar("T")
@@ -123,3 +127,39 @@ def get_model_builder(name: str) -> Callable[..., nn.Module]:
 def get_model(name: str, **kwargs: Any) -> nn.Module:
     """Build model ``name``, passing ``kwargs`` (e.g. ``num_classes``) to its builder."""
     return get_model_builder(name)(**kwargs)
+
+
+#: task name -> model manager class (e.g. "object_detection" -> DetectionModelManager)
+MODEL_MANAGERS: Registry[Callable[..., Any]] = Registry("model manager")
+
+
+def register_model_manager(task: str) -> Callable[[T], T]:
+    """Class decorator that registers a task's model manager under the task's name."""
+
+    def wrapper(cls: T) -> T:
+        MODEL_MANAGERS.register(task, cls)  # type: ignore[arg-type]
+        return cls
+
+    return wrapper
+
+
+def get_model_manager(task: str, **kwargs: Any) -> Any:
+    """A new model manager for ``task`` (``kwargs`` go to its constructor).
+
+    The task's package is imported on first use, so its optional dependencies
+    (pycocotools, OpenCV) are needed only by those who use it.
+    """
+    if task not in MODEL_MANAGERS:
+        import importlib
+
+        try:
+            importlib.import_module(f"cv_tasks.{task}.model_manager")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"cv_tasks.{task}.model_manager" and exc.name != f"cv_tasks.{task}":
+                raise
+    return MODEL_MANAGERS.get(task)(**kwargs)
+
+
+def list_tasks() -> list[str]:
+    """Tasks that have a registered model manager (after importing their packages)."""
+    return MODEL_MANAGERS.names()

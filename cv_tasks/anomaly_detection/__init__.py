@@ -1,0 +1,1 @@
+"""Anomaly detection: models, data, metric and model manager (filled in by its issue)."""

@@ -1,0 +1,3 @@
+"""Anomaly detection models; importing this registers them."""
+
+__all__: list = []

@@ -1,0 +1,9 @@
+"""The classification model manager, registered for the task: ``CommonModelManager``
+already is it (``(data, target)`` batches, top-1 accuracy)."""
+
+from legodnn.model_manager import CommonModelManager
+from cv_tasks.registry import MODEL_MANAGERS
+
+__all__ = ["CommonModelManager"]
+
+MODEL_MANAGERS.register("image_classification", CommonModelManager)

@@ -1,0 +1,3 @@
+"""Object detection models; importing this registers them."""
+
+__all__: list = []

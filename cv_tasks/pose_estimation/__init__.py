@@ -1,0 +1,1 @@
+"""Pose estimation: models, data, metric and model manager (filled in by its issue)."""

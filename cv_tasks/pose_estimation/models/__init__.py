@@ -1,0 +1,3 @@
+"""Pose estimation models; importing this registers them."""
+
+__all__: list = []
