@@ -16,7 +16,7 @@ from typing import Iterator, List, Optional
 import numpy as np
 import pytest
 
-from legodnn.online import solver
+from legodnn.online import mckp_search, solver
 from legodnn.online.solver import REL_TOL, ScalingProblem, Solution, brute_force, cheapest, solve
 
 FRACTIONS = (0.0, 0.3, 0.5, 0.7, 1.0)  # of the way from the cheapest to the dearest configuration
@@ -98,7 +98,7 @@ def check(
 def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Small problems are enumerated in two halves; "search" forces the branch and bound."""
     if request.param == "search":
-        monkeypatch.setattr(solver, "_PAIR_LIMIT", 0)
+        monkeypatch.setattr(mckp_search, "_PAIR_LIMIT", 0)
     return request.param
 
 
@@ -177,9 +177,9 @@ def test_every_search_path_is_exact(
     monkeypatch: pytest.MonkeyPatch, knobs: dict, seed: int
 ) -> None:
     # a one-state beam gives poor incumbents; a zero work cap sends every search up the ladder
-    monkeypatch.setattr(solver, "_PAIR_LIMIT", 0)
+    monkeypatch.setattr(mckp_search, "_PAIR_LIMIT", 0)
     for name, value in knobs.items():
-        monkeypatch.setattr(solver, name, value)
+        monkeypatch.setattr(mckp_search, name, value)
     rng = np.random.default_rng(500 + seed)
     problem = realistic(
         rng, int(rng.integers(3, 8)), 4, ragged=seed % 2 == 0, negative=seed % 3 == 0

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..blockmanager.auto_block_manager import AutoBlockManager
 from ..blockmanager.store import atomic_write_text
-from ..errors import LegoDNNError, StoreError
+from ..errors import StoreError
 from ..version import __version__
 
 __all__ = ["BlockLatency", "LatencyProfile", "LatencyEstimator", "LATENCY_JSON", "device_description", "time_median"]

@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple
 
 import torch
 
