@@ -9,10 +9,13 @@ multiples of 4.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor, nn
 
 from cv_tasks.registry import register_model
+from cv_tasks.semantic_segmentation.models.checkpoint import load_checkpoint
 
 __all__ = ["ConvBNReLU", "UpBlock", "TinyEncoderDecoder", "tiny_encoder_decoder"]
 
@@ -48,6 +51,8 @@ class TinyEncoderDecoder(nn.Module):
 
     def __init__(self, num_classes: int = 10, width: int = 16) -> None:
         super().__init__()
+        if num_classes < 2 or width < 1:
+            raise ValueError(f"TinyEncoderDecoder needs num_classes >= 2 and width >= 1, got {num_classes}, {width}")
         self.enc1 = ConvBNReLU(3, width)
         self.enc2 = ConvBNReLU(width, 2 * width, stride=2)
         self.enc3 = nn.Sequential(
@@ -66,6 +71,8 @@ class TinyEncoderDecoder(nn.Module):
 
 
 @register_model(task="semantic_segmentation", input_size=(1, 3, 64, 64))
-def tiny_encoder_decoder(num_classes: int = 10) -> TinyEncoderDecoder:
+def tiny_encoder_decoder(num_classes: int = 10, weights_path: Optional[str] = None, *,
+                         width: int = 16) -> TinyEncoderDecoder:
     """Tiny encoder-decoder with two skip connections; H and W multiples of 4."""
-    return TinyEncoderDecoder(num_classes=num_classes)
+    model = TinyEncoderDecoder(num_classes=num_classes, width=width)
+    return load_checkpoint(model, weights_path) if weights_path is not None else model
