@@ -7,7 +7,11 @@ residual stage whose shortcut is a 1x1x1 conv. Input: ``(N, 3, T, H, W)``.
 
 from __future__ import annotations
 
+from typing import Optional
+
 from torch import Tensor, nn
+
+from cv_tasks.action_recognition.models._weights import load_weights_file
 
 from cv_tasks.registry import register_model
 
@@ -74,6 +78,7 @@ class C3DTiny(nn.Module):
 
 
 @register_model(task="action_recognition", input_size=(1, 3, 8, 32, 32))
-def c3d_tiny(num_classes: int = 10) -> C3DTiny:
+def c3d_tiny(num_classes: int = 10, weights_path: Optional[str] = None) -> C3DTiny:
     """Tiny C3D-style classifier for ``(N, 3, T, H, W)`` clips, e.g. 8 frames of 32x32."""
-    return C3DTiny(num_classes=num_classes)
+    model = C3DTiny(num_classes=num_classes)
+    return model if weights_path is None else load_weights_file(model, weights_path)
