@@ -5,7 +5,8 @@
 On a CIFAR ResNet-18 (random weights: latency does not depend on them) with sparsities
 [0, 0.3, 0.6, 0.8], in one run:
 1. latency estimation: share of random compositions whose estimate is within +-10% of
-   the measured latency, for the PyTorch and the ONNX Runtime backends (fixed threads);
+   the measured latency, for the PyTorch backend with blocks timed in situ (the default)
+   and alone, and for ONNX Runtime (blocks timed alone), at a fixed thread count;
 2. switching: one ``update_model`` that changes k blocks, from cache and from disk,
    against rebuilding the model and loading a full state dict;
 3. throughput: inferences per second of the on-device loop while the budget cycles
@@ -36,13 +37,14 @@ SIZE = (1, 3, 32, 32)
 SPARSITIES = [0.0, 0.3, 0.6, 0.8]
 
 
-def _latency(bm, mm, blocks_dir: str, backend: str, threads: int, runs: int, n: int) -> Dict[str, Any]:
+def _latency(bm, mm, blocks_dir: str, backend: str, method: str, threads: int, runs: int, n: int) -> Dict[str, Any]:
     start = time.perf_counter()
     profile = LatencyEstimator(bm, mm, blocks_dir, runs, SIZE, "cpu", backend=backend, num_threads=threads,
-                               verbose=False).profile_all_blocks(num_compositions=n)
+                               verbose=False, method=method).profile_all_blocks(num_compositions=n)
     v = profile.validation
     return {
         "backend": backend,
+        "method": method,
         "teacher_ms": 1e3 * profile.teacher_latency_s,
         "frame_ms": 1e3 * profile.frame_latency_s,
         "scale": profile.scale,
@@ -148,11 +150,12 @@ def main(argv: List[str] | None = None) -> Dict[str, Any]:
         data = TensorDataset(torch.randn(32, *SIZE[1:]), torch.randint(0, 10, (32,)))
         BlockProfiler(model, bm, mm, blocks, DataLoader(data, batch_size=32), SIZE, "cpu",
                       verbose=False).profile_all_blocks()
-        backends = ["torch"] + ([] if args.skip_onnx else ["onnxruntime"])
-        for backend in reversed(backends):  # torch last: its profile is the one the optimizer reads
-            r = _latency(bm, mm, blocks, backend, args.threads, args.runs, args.compositions)
-            results[f"latency_{backend}"] = r
-            print(f"latency [{backend}, {args.threads} thread(s)]: teacher {r['teacher_ms']:.2f} ms, "
+        variants = ([] if args.skip_onnx else [("onnxruntime", "isolated")]) + [("torch", "isolated"),
+                                                                               ("torch", "in_situ")]
+        for backend, method in variants:  # torch in situ last: the profile the optimizer reads
+            r = _latency(bm, mm, blocks, backend, method, args.threads, args.runs, args.compositions)
+            results[f"latency_{backend}_{method}"] = r
+            print(f"latency [{backend}, blocks timed {method}, {args.threads} thread(s)]: teacher {r['teacher_ms']:.2f} ms, "
                   f"{100 * r['within_10pct']:.0f}% of {args.compositions} compositions within +-10% "
                   f"(plain sum: {100 * r['within_10pct_raw']:.0f}%), mean |error| "
                   f"{100 * r['mean_abs_rel_error']:.1f}% (plain sum {100 * r['mean_abs_rel_error_raw']:.1f}%), "

@@ -62,9 +62,45 @@ def test_latency_profile(pipeline) -> None:
     assert set(table) == set(bm.block_names)
     assert all(set(t) == set(SPARSITIES) and all(v > 0 for v in t.values()) for t in table.values())
     assert 0 < latency.frame_latency_s < latency.teacher_latency_s
+    assert latency.method == "in_situ"  # the torch default: blocks timed inside composed models
     v = latency.validation
     assert v["n"] == 6 and len(v["measured_s"]) == 6 and 0.0 <= v["within_10pct"] <= 1.0
     assert LatencyProfile.load(path) == latency
+
+
+def test_isolated_timing_and_bad_methods(pipeline, tmp_path: Path) -> None:
+    path, model, mm, bm, _ = pipeline
+    work = tmp_path / "trained"
+    shutil.copytree(path, work)
+    profile = LatencyEstimator(bm, mm, str(work), 3, SIZE, "cpu", method="isolated", rounds=1,
+                               verbose=False).profile_all_blocks(num_compositions=0)
+    assert profile.method == "isolated" and not profile.validation
+    assert set(profile.table()) == set(bm.block_names) and profile.frame_latency_s > 0
+    with pytest.raises(ValueError, match="in-situ timing needs the torch backend"):
+        LatencyEstimator(bm, mm, str(work), 3, SIZE, "cpu", backend="onnxruntime", method="in_situ")
+    with pytest.raises(ValueError, match="method must be"):
+        LatencyEstimator(bm, mm, str(work), 3, SIZE, "cpu", method="fast")
+    with pytest.raises(ValueError, match="rounds must be at least 1"):
+        LatencyEstimator(bm, mm, str(work), 3, SIZE, "cpu", rounds=0)
+
+
+def test_time_interleaved_keeps_each_function_apart() -> None:
+    import time
+
+    from legodnn.online.latency import time_interleaved
+
+    calls = {"short": 0, "long": 0}
+
+    def short() -> None:
+        calls["short"] += 1
+
+    def long() -> None:
+        calls["long"] += 1
+        time.sleep(0.002)
+
+    fast, slow = time_interleaved([short, long], runs=7, rounds=3, warmup=1)
+    assert calls == {"short": 8, "long": 8}  # 1 warm-up + 7 timed runs each, spread over 3 passes
+    assert fast < 0.001 < 0.0015 < slow
 
 
 def test_latency_profile_with_nan_is_refused(pipeline, tmp_path: Path) -> None:
