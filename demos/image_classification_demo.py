@@ -276,14 +276,16 @@ def descendant_table(
 
     def row(label: str, config: Sequence[float], measured: float) -> Dict[str, Any]:
         chosen = [table[n][s] for n, s in zip(names, config)]
-        kept = math.prod(max(0.0, 1 - p.metric_drop / teacher) for p in chosen) if teacher > 0 else 1.0
+        # as the optimizer reads them: a measured gain (negative drop) is noise, counted as 0
+        drops = [max(0.0, p.metric_drop) for p in chosen]
+        kept = math.prod(max(0.0, 1 - d / teacher) for d in drops) if teacher > 0 else 1.0
         return {
             "label": label,
             "sparsities": list(config),
             "size_bytes": profile.frame_size_bytes + sum(p.size_bytes for p in chosen),
             "flops": profile.frame_flops + sum(p.flops for p in chosen),
             "params": profile.frame_params + sum(p.params for p in chosen),
-            "estimated_accuracy": teacher - sum(p.metric_drop for p in chosen),
+            "estimated_accuracy": teacher - sum(drops),
             "estimated_accuracy_multiplicative": teacher * kept,
             "measured_accuracy": measured,
         }
