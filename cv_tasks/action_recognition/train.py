@@ -45,13 +45,14 @@ def train_clip_classifier(
                           leave=False):
             clips, labels = batch[0].to(device), torch.as_tensor(batch[1]).to(device)
             loss = F.cross_entropy(model(clips), labels)
-            if not math.isfinite(float(loss)):
-                raise FloatingPointError(f"training loss became {float(loss)}; lower the learning rate (lr={lr})")
+            value = loss.item()
+            if not math.isfinite(value):
+                raise FloatingPointError(f"training loss became {value}; lower the learning rate (lr={lr})")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-            total += float(loss) * len(labels)
+            total += value * len(labels)
             seen += len(labels)
         losses.append(total / seen)
         if verbose:

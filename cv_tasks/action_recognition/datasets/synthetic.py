@@ -39,8 +39,9 @@ def _frames(rng: np.random.Generator, direction: Tuple[int, int], frames: int, s
     import cv2
 
     w, h = size
-    speed = max(1, min(w, h) // (2 * frames)) + int(rng.integers(0, 2))
-    radius = int(rng.integers(max(2, min(w, h) // 12), max(3, min(w, h) // 7)))
+    radius = int(rng.integers(max(2, min(w, h) // 10), max(3, min(w, h) // 6)))
+    # cross about 60-80 % of the frame over the video: big steps make the motion easy to see
+    speed = max(1, round(float(rng.uniform(0.6, 0.8)) * (min(w, h) - 2 * radius) / (frames - 1)))
     travel = speed * (frames - 1)
     dx, dy = direction
 
