@@ -15,6 +15,7 @@ from typing import Any, Optional
 from torch import nn
 
 from cv_tasks.pose_estimation.models._weights import load_checkpoint
+from cv_tasks.pose_estimation.models.backbone import ResNetTrunk
 from cv_tasks.registry import register_model
 
 __all__ = ["keypoint_rcnn_resnet_fpn"]
@@ -26,35 +27,52 @@ def keypoint_rcnn_resnet_fpn(
     depth: int = 50,
     head_width: int = 512,
     head_layers: int = 8,
+    base_width: Optional[int] = None,
+    fpn_width: int = 256,
+    box_head_width: int = 1024,
     min_size: int = 256,
     max_size: int = 256,
     detections_per_img: int = 5,
     weights_path: Optional[str] = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """Keypoint R-CNN on a ResNet-``depth`` FPN (``depth=50``, 8 x 512 head: the standard one).
+    """Keypoint R-CNN on a ResNet-``depth`` FPN (``base_width`` set: a narrow ResNet-18/34); the defaults (ResNet-50, 256-channel FPN, 1024-wide
+    box head, 8 x 512 keypoint head) are torchvision's ``keypointrcnn_resnet50_fpn``.
 
     Weights are random (``weights=None, weights_backbone=None``); a checkpoint of the same
     configuration loads through ``weights_path``. ``kwargs`` go to torchvision's
     ``KeypointRCNN`` (e.g. ``box_score_thresh``).
     """
+    import torchvision
     from torchvision.models.detection import KeypointRCNN
-    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
     from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, KeypointRCNNPredictor
+    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
     if depth not in (18, 34, 50, 101):
         raise ValueError(f"depth must be 18, 34, 50 or 101, got {depth}")
-    if num_joints < 1 or head_width < 1 or head_layers < 1:
-        raise ValueError("num_joints, head_width and head_layers must be positive")
-    backbone = resnet_fpn_backbone(backbone_name=f"resnet{depth}", weights=None, trainable_layers=5)
+    if min(num_joints, head_width, head_layers, fpn_width, box_head_width) < 1:
+        raise ValueError("num_joints and every width / layer count must be positive")
+    # plain BatchNorm, as torchvision's own builder uses without pretrained weights: FrozenBatchNorm2d
+    # would trace into tensor constants that channel pruning cannot follow
+    if base_width is None:
+        resnet: nn.Module = getattr(torchvision.models, f"resnet{depth}")(weights=None, norm_layer=nn.BatchNorm2d)
+        c5 = resnet.fc.in_features
+    else:  # a narrow trunk for CPU tests (ResNet-18/34 layout, ``base_width`` channels in stage 1)
+        resnet = ResNetTrunk(depth, base_width)
+        c5 = resnet.out_channels
+    backbone = BackboneWithFPN(resnet, {f"layer{i}": str(i - 1) for i in range(1, 5)},
+                               [c5 // 8, c5 // 4, c5 // 2, c5], fpn_width, extra_blocks=LastLevelMaxPool())
     kwargs.setdefault("image_mean", [0.0, 0.0, 0.0])
     kwargs.setdefault("image_std", [1.0, 1.0, 1.0])
     model = KeypointRCNN(
         backbone,
-        num_classes=2,
         min_size=min_size,
         max_size=max_size,
         box_detections_per_img=detections_per_img,
+        box_head=TwoMLPHead(fpn_width * 7 * 7, box_head_width),
+        box_predictor=FastRCNNPredictor(box_head_width, 2),
         keypoint_head=KeypointRCNNHeads(backbone.out_channels, [head_width] * head_layers),
         keypoint_predictor=KeypointRCNNPredictor(head_width, num_joints),
         **kwargs,
