@@ -63,7 +63,8 @@ def test_outputs_match_torchvision() -> None:
     """Same weights, same outputs: TSN = mean of ResNet-18 frame logits; R(2+1)D as torchvision's (one block
     per stage keeps it cheap; the block itself, with its mid-plane count, is the one of the 18-layer net)."""
     from torchvision.models import resnet18
-    from torchvision.models.video.resnet import BasicBlock, Conv2Plus1D, R2Plus1dStem, VideoResNet as TVVideoResNet
+    from torchvision.models.video.resnet import BasicBlock, Conv2Plus1D, R2Plus1dStem
+    from torchvision.models.video.resnet import VideoResNet as TVVideoResNet
 
     from cv_tasks.action_recognition.models import VideoResNet
 
@@ -96,7 +97,8 @@ def test_weights_path_loads_a_checkpoint(tmp_path: Path, suffix: str) -> None:
 
 def test_weights_path_errors(tmp_path: Path) -> None:
     torch.save(cv_tasks.get_model("c3d_tiny", num_classes=3).state_dict(), tmp_path / "c3d.pt")
-    with pytest.raises(ValueError, match=r"do not fit this C3DTiny: 2 of another shape \(e.g. fc.bias: file \(3,\), model \(5,\)\)"):
+    mismatch = r"do not fit this C3DTiny: 2 of another shape \(e.g. fc.bias: file \(3,\), model \(5,\)\)"
+    with pytest.raises(ValueError, match=mismatch):
         cv_tasks.get_model("c3d_tiny", num_classes=5, weights_path=str(tmp_path / "c3d.pt"))
     with pytest.raises(ValueError, match="do not fit this VideoResNet.*missing"):
         cv_tasks.get_model("r3d_18", num_classes=3, base_width=4, weights_path=str(tmp_path / "c3d.pt"))
@@ -165,8 +167,8 @@ def test_ucf101_datasets(ucf: D.SyntheticVideos) -> None:
     clip, label, video = test[5]
     assert clip.shape == (3, 4, 32, 32) and clip.dtype == torch.float32
     assert (label, video) == (test.samples[1].label, 1)
-    train_loader, test_loader = D.video_dataloaders(train, test, batch_size=4)
-    clips, labels, videos = next(iter(test_loader))
+    _, test_loader = D.video_dataloaders(train, test, batch_size=4)
+    clips, _, videos = next(iter(test_loader))
     assert clips.shape == (4, 3, 4, 32, 32) and videos.tolist() == [0, 0, 0, 1]
     assert torch.equal(test[0][0], test[0][0])  # test clips are deterministic
 
@@ -268,6 +270,7 @@ def test_video_level_hand_computed() -> None:
     scores = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, 3.0]])
     labels, videos = torch.tensor([1, 1, 1]), torch.tensor([7, 7, 3])
     mean, video_labels = video_level_scores(scores, labels, videos)
+    assert video_labels.tolist() == [1, 1]  # videos sorted by id: 3, then 7
     torch.testing.assert_close(mean[1], torch.tensor([(0.8808 + 0.2689) / 2, (0.1192 + 0.7311) / 2]),
                                atol=1e-4, rtol=0)
     acc = VideoAccuracy()

@@ -39,7 +39,7 @@ def topk_accuracy(scores: Tensor, labels: Tensor, k: int = 1) -> float:
 
 
 def video_level_scores(clip_scores: Tensor, labels: Tensor, video_ids: Tensor) -> Tuple[Tensor, Tensor]:
-    """Mean softmax score and label per video, in order of first appearance.
+    """Mean softmax score and label per video, videos in increasing id order.
 
     Raises ``ValueError`` if clips of one video carry different labels.
     """

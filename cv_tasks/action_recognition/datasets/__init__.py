@@ -18,12 +18,12 @@ from cv_tasks.action_recognition.datasets.transforms import KINETICS_MEAN, KINET
 from cv_tasks.action_recognition.datasets.video_io import count_frames, read_frames
 
 __all__ = [
-    "DIRECTIONS",
-    "KINETICS_MEAN",
-    "KINETICS_STD",
     "ClipSampler",
     "ClipTransform",
+    "DIRECTIONS",
     "DatasetNotFoundError",
+    "KINETICS_MEAN",
+    "KINETICS_STD",
     "SplitFileError",
     "SyntheticVideos",
     "VideoClipDataset",
@@ -36,7 +36,8 @@ __all__ = [
     "read_ucf101_class_index",
     "read_ucf101_split",
     "segment_indices",
-    "uniform_indices",
     "ucf101_datasets",
+    "uniform_indices",
     "video_dataloaders",
+    "write_synthetic_videos",
 ]

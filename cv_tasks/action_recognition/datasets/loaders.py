@@ -1,9 +1,10 @@
 """UCF101 and HMDB51 from their standard on-disk layouts, as data sets and data loaders.
 
-UCF101: ``root/UCF-101/<Class>/*.avi`` and ``root/ucfTrainTestlist/`` (or both directly
-in ``root``). HMDB51: ``root/<class>/*.avi`` (or ``root/hmdb51/``) and the split files in
-``root/testTrainMulti_7030_splits/`` (or ``root``). Explicit ``video_dir`` / ``split_dir``
-override the guess.
+UCF101: ``root/UCF-101/<Class>/*.avi`` (or ``root/videos/``) and ``root/ucfTrainTestlist/``
+(or ``root/splits/``), or both directly in ``root``. HMDB51: ``root/hmdb51/<class>/*.avi``
+(or ``hmdb51_org/``, ``videos/``, ``root`` itself) and the split files in
+``root/testTrainMulti_7030_splits/`` (or ``root/splits/``, ``root``). Explicit ``video_dir``
+/ ``split_dir`` override the guess.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def ucf101_datasets(
     split_dir: Optional[PathLike] = None,
 ) -> Datasets:
     """UCF101 train and test clip data sets of ``split`` (1-3) and the class names."""
-    return _build(read_ucf101_split, root, video_dir, split_dir, (("UCF-101",), ("ucfTrainTestlist",)),
+    return _build(read_ucf101_split, root, video_dir, split_dir, (("UCF-101", "videos"), ("ucfTrainTestlist", "splits")),
                   split, sampler, size, flip)
 
 
@@ -86,7 +87,7 @@ def hmdb51_datasets(
 ) -> Datasets:
     """HMDB51 train and test clip data sets of ``split`` (1-3) and the class names."""
     return _build(read_hmdb51_split, root, video_dir, split_dir,
-                  (("hmdb51",), ("testTrainMulti_7030_splits",)), split, sampler, size, flip)
+                  (("hmdb51", "hmdb51_org", "videos"), ("testTrainMulti_7030_splits", "splits")), split, sampler, size, flip)
 
 
 def video_dataloaders(

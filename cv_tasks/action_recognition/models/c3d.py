@@ -15,7 +15,7 @@ from cv_tasks.action_recognition.models._weights import load_weights_file
 
 from cv_tasks.registry import register_model
 
-__all__ = ["Conv3dBNReLU", "BasicBlock3d", "C3DTiny", "c3d_tiny"]
+__all__ = ["BasicBlock3d", "C3DTiny", "Conv3dBNReLU", "c3d_tiny"]
 
 
 class Conv3dBNReLU(nn.Sequential):
