@@ -15,13 +15,44 @@ from torch import nn
 
 from cv_tasks.semantic_segmentation.metrics import IGNORE_INDEX, logits_of
 
-__all__ = ["train_segmenter"]
+__all__ = ["recalibrate_batchnorm", "train_segmenter"]
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, loader: Iterable[Any], device: str = "cpu",
+                          max_batches: int = 50) -> None:
+    """Re-estimate every BatchNorm's running statistics as a plain average over up to
+    ``max_batches`` batches of ``loader``.
+
+    After a brief training the running statistics lag the weights: torchvision's
+    MobileNetV3 updates them with momentum 0.01, so a few dozen steps leave them mostly at
+    their initial values and the model in eval mode predicts one class everywhere.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    was_training = model.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch weighs the same
+    model.train()
+    try:
+        for i, batch in enumerate(loader):
+            if i >= max_batches:
+                break
+            model(batch[0].to(device))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was_training)
 
 
 def train_segmenter(model: nn.Module, train_loader: Iterable[Any], epochs: int = 1, lr: float = 3e-3,
                     device: str = "cpu", ignore_index: int = IGNORE_INDEX, verbose: bool = True) -> List[float]:
     """Train ``model`` in place with AdamW on ``(images, masks)`` batches; returns the mean
-    loss of each epoch. The model is left in eval mode."""
+    loss of each epoch. BatchNorm statistics are then re-estimated
+    (:func:`recalibrate_batchnorm`) and the model is left in eval mode."""
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     from tqdm.auto import tqdm
@@ -44,5 +75,6 @@ def train_segmenter(model: nn.Module, train_loader: Iterable[Any], epochs: int =
         if batches == 0:
             raise ValueError("train_loader yielded no batches")
         history.append(total / batches)
+    recalibrate_batchnorm(model, train_loader, device)
     model.eval()
     return history

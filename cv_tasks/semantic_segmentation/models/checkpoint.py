@@ -49,9 +49,7 @@ def read_state_dict(path: str | Path) -> Dict[str, torch.Tensor]:
                 break
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
-    state = {str(k): v for k, v in obj.items()}
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+    state = {str(k).removeprefix("module."): v for k, v in obj.items()}
     return {k: v for k, v in state.items() if not k.startswith(_DROPPED_PREFIXES)}
 
 
