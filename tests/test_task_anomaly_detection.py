@@ -242,6 +242,8 @@ def test_rotation_score_is_rotation_nll() -> None:
                                                          torch.full((2,), r), reduction="none") for r in range(4))
     assert logits.shape == (4, 2, 4)
     torch.testing.assert_close(score, expected)
+    with pytest.raises(ValueError, match="must be square, got 32x48"):
+        model(torch.rand(1, 3, 32, 48))
 
 
 def test_autoencoder_map_is_reconstruction_error() -> None:
@@ -251,6 +253,10 @@ def test_autoencoder_map_is_reconstruction_error() -> None:
         torch.testing.assert_close(model(x), ((x - model.reconstruct(x)) ** 2).mean(1, keepdim=True))
     with pytest.raises(ValueError, match="must be >= 1"):
         get_model("conv_autoencoder", width=0)
+    with pytest.raises(ValueError, match="multiples of 8, got 30x32"):  # three stride-2 stages
+        model(torch.rand(1, 3, 30, 32))
+    with pytest.raises(ValueError, match="batch of images"):
+        model(torch.rand(3, 32, 32))
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))

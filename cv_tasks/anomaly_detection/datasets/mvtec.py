@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from cv_tasks.anomaly_detection.errors import AnomalyDatasetError, DatasetNotFoundError
+from cv_tasks.anomaly_detection.errors import AnomalyDatasetError, DatasetNotFoundError, UndefinedMetricError
 
 __all__ = ["IMAGE_SUFFIXES", "MVTecAD", "list_images"]
 
@@ -113,8 +113,10 @@ class MVTecAD(Dataset):
         labels = {label for _, label, _ in samples}
         if labels != {0, 1}:
             kind = "no images" if not labels else "only " + ("good" if labels == {0} else "defect") + " images"
-            raise DatasetNotFoundError(
-                f"{test} has {kind}: image AUROC needs both test/good and at least one test/<defect> folder"
+            error = DatasetNotFoundError if not labels else UndefinedMetricError
+            raise error(
+                f"{test} has {kind}: image AUROC is undefined unless the test set has both test/good and at "
+                "least one test/<defect> folder with images"
             )
         return samples
 

@@ -20,7 +20,11 @@ import torch
 from torch import Tensor, nn
 
 from cv_tasks.anomaly_detection.models.checkpoint import load_checkpoint
+from cv_tasks.anomaly_detection.models.input_checks import check_images
 from cv_tasks.registry import register_model
+
+# fx records the check as one call on the input (it patches this module's globals while tracing)
+torch.fx.wrap("check_images")
 
 __all__ = ["ConvAutoencoder", "conv_autoencoder"]
 
@@ -76,6 +80,7 @@ class ConvAutoencoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Anomaly map ``(B, 1, H, W)``: the squared reconstruction error averaged over channels."""
+        x = check_images(x, 2**self.depth, False, "ConvAutoencoder")
         return (x - self.reconstruct(x)).pow(2).mean(1, keepdim=True)
 
 

@@ -22,8 +22,12 @@ import torch
 from torch import Tensor, nn
 
 from cv_tasks.anomaly_detection.models.checkpoint import load_checkpoint
+from cv_tasks.anomaly_detection.models.input_checks import check_images
 from cv_tasks.image_classification.models.resnet import CifarResNet
 from cv_tasks.registry import register_model
+
+# fx records the check as one call on the input (it patches this module's globals while tracing)
+torch.fx.wrap("check_images")
 
 __all__ = ["RotationResNet", "rotation_resnet"]
 
@@ -43,6 +47,7 @@ class RotationResNet(nn.Module):
 
     def rotation_logits(self, x: Tensor) -> Tensor:
         """Logits ``(4, B, 4)``: entry ``[r, b]`` classifies image ``b`` rotated by ``r`` x 90 degrees."""
+        x = check_images(x, 1, True, "RotationResNet")
         rotated = torch.cat([torch.rot90(x, r, (2, 3)) for r in range(NUM_ROTATIONS)], 0)
         logits = self.backbone(rotated)
         return logits.reshape(NUM_ROTATIONS, x.shape[0], NUM_ROTATIONS)
