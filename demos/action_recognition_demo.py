@@ -7,7 +7,8 @@
    no download is needed and only a model that sees motion can score above chance.
 2. **Teacher.** Each model of ``--models`` (default ``c3d_tiny`` and a 16-channel
    ``r3d_18``) is trained from scratch for a few epochs on clips of 8 frames (TSN: 8
-   segments), or loaded with ``--weights PATH`` (one model only).
+   segments), or loaded with ``--weights PATH`` (one model only; on the full UCF101 or
+   HMDB51, train elsewhere and pass the weights, or set ``--epochs`` and ``--size``).
 3. **Pipeline.** ``cv_tasks.pipeline.run_pipeline``: blocks, descendants, retraining,
    profiling (top-1 video accuracy, 2 test clips per video), latency, and the optimizer
    under 80 % of the teacher's latency and 60 % of its memory, hot-swapping the choice in.
@@ -28,7 +29,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -61,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _data(args: argparse.Namespace, model: str, size: int, say: Any) -> Dict[str, Any]:
+def _data(args: argparse.Namespace, model: str, size: int) -> Dict[str, Any]:
     """Train/test loaders for ``model`` (TSN: segments; 3D models: 8 consecutive frames, stride 2)."""
     sampler = datasets.ClipSampler(8, "segments" if model.startswith("tsn") else "uniform",
                                    stride=1 if args.data is None else 2, num_clips=2)
@@ -76,10 +77,12 @@ def _data(args: argparse.Namespace, model: str, size: int, say: Any) -> Dict[str
     return {"train": train_loader, "test": test_loader, "classes": classes}
 
 
-def run_model(args: argparse.Namespace, name: str, device: str, verbose: bool, say: Any) -> Dict[str, Any]:
+def run_model(
+    args: argparse.Namespace, name: str, device: str, verbose: bool, say: Callable[[str], None]
+) -> Dict[str, Any]:
     """Train (or load) one teacher, run the pipeline on it, return its results."""
     size = args.size or (32 if name == "c3d_tiny" else 48)
-    data = _data(args, name, size, say)
+    data = _data(args, name, size)
     torch.manual_seed(args.seed)
     kwargs: Dict[str, Any] = {"num_classes": len(data["classes"])}
     if name != "c3d_tiny":

@@ -27,6 +27,7 @@ class ActionRecognitionModelManager(CommonModelManager):
     def __init__(self, metric: str = "top-1 (video)") -> None:
         if metric not in METRIC_NAMES:
             raise ValueError(f"metric must be one of {METRIC_NAMES}, got {metric!r}")
+        super().__init__()
         self.metric_name = metric
 
     def metric_accumulator(self) -> VideoAccuracy:
