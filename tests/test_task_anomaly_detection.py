@@ -175,6 +175,10 @@ def test_one_class_digits() -> None:
         digits_one_class_dataloaders(normal_class=10)
     with pytest.raises(ValueError, match="do not occur"):
         OneClassDataset(train.dataset, [42])
+    plain = torch.utils.data.TensorDataset(torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 1, 2]))  # no .targets
+    one_class = OneClassDataset(plain, [1])
+    assert one_class.labels == [1, 0, 0, 1] and one_class[1][1] == 0
+    assert len(OneClassDataset(plain, [1], normal_only=True)) == 2
 
 
 def test_one_class_imagefolder(tmp_path: Path) -> None:

@@ -28,7 +28,10 @@ class OneClassDataset(Dataset):
     """
 
     def __init__(self, dataset: Any, normal_classes: Sequence[int], normal_only: bool = False) -> None:
-        targets = list(getattr(dataset, "targets", None) or [dataset[i][1] for i in range(len(dataset))])
+        targets = getattr(dataset, "targets", None)
+        if targets is None:  # read every item once; data sets with a targets list avoid loading images
+            targets = [dataset[i][1] for i in range(len(dataset))]
+        targets = [int(t) for t in targets]
         normal = {int(c) for c in normal_classes}
         if not normal & set(targets):
             raise ValueError(f"normal classes {sorted(normal)} do not occur in the data (classes {sorted(set(targets))})")
