@@ -40,7 +40,10 @@ class ClipSampler:
             raise ValueError(f"frames, stride and num_clips must be >= 1, got {self.frames}, "
                              f"{self.stride}, {self.num_clips}")
 
-    def indices(self, num_frames: int, train: bool, clip: int, rng: np.random.Generator) -> List[int]:
+    def indices(
+        self, num_frames: int, train: bool, clip: int, rng: Optional[np.random.Generator] = None
+    ) -> List[int]:
+        """Frame indices of clip ``clip`` of a ``num_frames``-frame video (``rng``: training offsets)."""
         if self.mode == "segments":
             return segment_indices(num_frames, self.frames, train=train, clip=clip,
                                    num_clips=self.num_clips, rng=rng)
@@ -93,8 +96,9 @@ class VideoClipDataset(Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} clips")
         video, clip = divmod(index, self.clips_per_video)
         sample = self.samples[video]
-        # drawn from torch's generator, which DataLoader seeds per worker and torch.manual_seed fixes
-        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,))))
+        rng = None  # test clips are fixed; training offsets come from torch's generator, which
+        if self.train:  # DataLoader seeds per worker and torch.manual_seed fixes
+            rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,))))
         frames = read_frames(sample.path, self.sampler.indices(self.num_frames(video), self.train, clip, rng))
         return self.transform(frames), sample.label, video
 
