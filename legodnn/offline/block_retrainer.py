@@ -197,6 +197,8 @@ class BlockRetrainer:
             captured = self._capture(batch)
             for key, student in students.items():
                 for x, y in captured[key[0]]:
+                    if x.numel() == 0:  # a head that saw nothing this batch (a detector with no boxes)
+                        continue
                     optims[key].zero_grad(set_to_none=True)
                     loss = self.loss_fn(student(x), y)
                     value = float(loss.detach())
@@ -224,6 +226,8 @@ class BlockRetrainer:
             captured = self._capture(batch)
             for key, student in students.items():
                 for x, y in captured[key[0]]:
+                    if x.numel() == 0:
+                        continue
                     sums[key] += float(self.loss_fn(student(x), y)) * len(x)
                     counts[key] += len(x)
         if not any(counts.values()):
