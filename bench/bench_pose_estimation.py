@@ -28,7 +28,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import torch
 
@@ -39,7 +39,7 @@ from cv_tasks.pose_estimation.model_manager import PoseModelManager
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco-keypoints"
 MODELS = ("simple_baseline_resnet", "deeppose_resnet", "keypoint_rcnn_resnet_fpn")
-PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # the standard architectures (ResNet-18 SimpleBaseline / DeepPose, torchvision's
     # keypointrcnn_resnet50_fpn layout) on 256x192 crops
     "standard": {"simple_baseline_resnet": {}, "deeppose_resnet": {},
@@ -50,9 +50,9 @@ PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
 }
 
 
-def check_loader(ds: Any) -> Dict[str, Any]:
+def check_loader(ds: Any) -> dict[str, Any]:
     start = time.perf_counter()
-    x, maps, weight, meta = ds[0]
+    x, maps, _weight, _meta = ds[0]
     for i in range(1, len(ds)):
         ds[i]
     return {"people": len(ds), "skipped": ds.skipped, "crop": list(x.shape), "heatmaps": list(maps.shape),
@@ -60,7 +60,7 @@ def check_loader(ds: Any) -> Dict[str, Any]:
             "crops_per_s": round(len(ds) / (time.perf_counter() - start), 1)}
 
 
-def check_metric(ann_file: Path, loader: Any) -> Dict[str, float]:
+def check_metric(ann_file: Path, loader: Any) -> dict[str, float]:
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -81,7 +81,7 @@ def check_metric(ann_file: Path, loader: Any) -> Dict[str, float]:
     return out
 
 
-def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--preset", choices=sorted(PRESETS), default="standard")
@@ -97,7 +97,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     test_set = load_pose_dataset("coco", str(ann), str(args.data), input_size=size)
     train_set = load_pose_dataset("coco", str(ann), str(args.data), input_size=size, train=True)
     loader = make_pose_loader(test_set, 4)
-    results: Dict[str, Any] = {"data": str(args.data), "input_size": list(size), "preset": args.preset,
+    results: dict[str, Any] = {"data": str(args.data), "input_size": list(size), "preset": args.preset,
                                "threads": args.threads, "loader": check_loader(test_set)}
     print("loader:", results["loader"], flush=True)
     results["metric"] = check_metric(ann, loader)

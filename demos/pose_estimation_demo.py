@@ -20,7 +20,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Subset
@@ -36,7 +36,7 @@ MODEL_OPTIONS = {  # narrow variants that train on a CPU in a minute
 }
 
 
-def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default=None, help="COCO keypoints json or MPII json (default: synthetic stick figures)")
     p.add_argument("--images", default=None, help="image folder of --data (default: <json dir>/images or <json dir>)")
@@ -59,8 +59,12 @@ def _detect_format(path: str) -> str:
     return "mpii" if head == "[" else "coco"
 
 
-def _data(args: argparse.Namespace, input_size: Tuple[int, int], say: Any) -> Tuple[DataLoader, DataLoader, str, str]:
-    from cv_tasks.pose_estimation.datasets import load_pose_dataset, make_pose_loader, write_synthetic_pose_set
+def _data(args: argparse.Namespace, input_size: tuple[int, int], say: Any) -> tuple[DataLoader, DataLoader, str, str]:
+    from cv_tasks.pose_estimation.datasets import (
+        load_pose_dataset,
+        make_pose_loader,
+        write_synthetic_pose_set,
+    )
     from cv_tasks.pose_estimation.datasets.loaders import split_indices
 
     batch = 8 if args.quick else 16
@@ -85,7 +89,7 @@ def _data(args: argparse.Namespace, input_size: Tuple[int, int], say: Any) -> Tu
             make_pose_loader(Subset(test, te), batch), fmt, args.data)  # type: ignore[arg-type]
 
 
-def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the demo; returns what it writes to ``results.json``."""
     args = _parse(argv)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
@@ -110,13 +114,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     manager = PoseModelManager(metric)
     epochs = args.epochs if args.epochs is not None else (1 if args.quick else 5)
     k = 16 if fmt == "mpii" else 17
-    results: Dict[str, Any] = {"data": source, "format": fmt, "metric": metric, "input_size": list(input_size),
+    results: dict[str, Any] = {"data": source, "format": fmt, "metric": metric, "input_size": list(input_size),
                                "device": device, "models": {}}
     for name in models:
         torch.manual_seed(0)
         options = dict(MODEL_OPTIONS[name])
         if args.quick:
-            options.update({k_: 8 for k_ in ("base_width",)})
+            options["base_width"] = 8
         if name == "keypoint_rcnn_resnet_fpn":
             options.update(min_size=min(input_size), max_size=max(input_size))
         model = get_model(name, num_joints=k, **options)

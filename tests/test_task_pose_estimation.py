@@ -27,7 +27,13 @@ from cv_tasks.pose_estimation.heatmaps import decode_heatmaps, encode_heatmaps
 from cv_tasks.pose_estimation.keypoints import COCO_LAYOUT
 from cv_tasks.pose_estimation.metrics import keypoint_ap, pck
 from cv_tasks.pose_estimation.model_manager import PoseModelManager
-from cv_tasks.pose_estimation.transforms import apply_affine, crop_affine, flip_joints, invert_affine, warp_image
+from cv_tasks.pose_estimation.transforms import (
+    apply_affine,
+    crop_affine,
+    flip_joints,
+    invert_affine,
+    warp_image,
+)
 
 SIZE = (64, 64)
 SMALL = {
@@ -35,7 +41,7 @@ SMALL = {
     "deeppose_resnet": {"base_width": 8},
     "keypoint_rcnn_resnet_fpn": {"depth": 18, "base_width": 8, "fpn_width": 16, "box_head_width": 32, "head_width": 16,
                                  "head_layers": 2, "min_size": 64, "max_size": 64, "rpn_pre_nms_top_n_test": 100,
-                                 "rpn_post_nms_top_n_test": 20},
+                                 "rpn_post_nms_top_n_test": 20, "detections_per_img": 2},
 }
 
 
@@ -255,8 +261,9 @@ def test_wrong_joint_count_and_metric_mismatch(synth, coco_loader):
 
 
 def _pipeline(name, synth, tmp_path, **kw):
-    train = make_pose_loader(load_pose_dataset("coco", synth.coco_json, synth.image_dir, input_size=SIZE, train=True), 3)
-    test = make_pose_loader(load_pose_dataset("coco", synth.coco_json, synth.image_dir, input_size=SIZE), 3)
+    train = make_pose_loader(load_pose_dataset("coco", synth.coco_json, synth.image_dir, input_size=SIZE, train=True),
+                             3, limit=3)
+    test = make_pose_loader(load_pose_dataset("coco", synth.coco_json, synth.image_dir, input_size=SIZE), 3, limit=3)
     torch.manual_seed(0)
     model = get_model(name, **SMALL[name]).eval()
     report = run_pipeline(model, PoseModelManager("PCK@0.2"), train, test, (1, 3, *SIZE), str(tmp_path),
@@ -298,3 +305,21 @@ def test_demo_quick(tmp_path):
     assert results["data"] == "synthetic" and results["metric"] == "PCK@0.2"
     (model,) = results["models"].values()
     assert model["num_blocks"] >= 1 and 0.0 <= model["teacher_metric"] <= 1.0 and model["live_output_ok"]
+
+
+def test_block_retraining_skips_empty_captures(tmp_path):
+    # core fix: a block whose input is empty in a batch (a Keypoint R-CNN head after a crop
+    # with no detection) is skipped, instead of its MSE over nothing stopping training as NaN
+    from legodnn import AutoBlockManager, BlockRetrainer
+    from legodnn.model_manager import CommonModelManager
+
+    torch.manual_seed(0)
+    model = get_model("deeppose_resnet", **SMALL["deeppose_resnet"]).eval()
+    mm = CommonModelManager()
+    bm = AutoBlockManager([0.0, 0.5], model, mm, (1, 3, *SIZE), 0.125, "cpu", verbose=False)
+    bm.extract_all_blocks(str(tmp_path / "c"))
+    empty, full = (torch.rand(0, 3, *SIZE), None), (torch.rand(2, 3, *SIZE), None)
+    history = BlockRetrainer(model, bm, mm, str(tmp_path / "c"), str(tmp_path / "t"), 1, [empty, full],
+                             val_loader=[empty, full], verbose=False).train_all_blocks()
+    losses = [v for h in history.values() for v in h["train"] + h["val"]]
+    assert losses and all(math.isfinite(v) for v in losses)

@@ -8,16 +8,17 @@ go back to the image through each sample's inverse crop affine (``meta["inverse"
 
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from cv_tasks.pose_estimation.heatmaps import decode_heatmaps
 
-__all__ = ["crop_predictions", "to_image_space", "decode_output"]
+__all__ = ["crop_predictions", "decode_output", "to_image_space"]
 
 
-def crop_predictions(output: Any, input_hw: Tuple[int, int], num_joints: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def crop_predictions(output: Any, input_hw: tuple[int, int], num_joints: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Crop-space joints (N, K, 2) and per-person scores (N,) from a model output."""
     h, w = input_hw
     if isinstance(output, torch.Tensor) and output.dim() == 4:
@@ -34,7 +35,7 @@ def crop_predictions(output: Any, input_hw: Tuple[int, int], num_joints: int) ->
                      "coordinates (N, K, 2) or Keypoint R-CNN detections")
 
 
-def _best_detections(output: Sequence[Dict[str, torch.Tensor]], hw: Tuple[int, int], k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def _best_detections(output: Sequence[dict[str, torch.Tensor]], hw: tuple[int, int], k: int) -> tuple[torch.Tensor, torch.Tensor]:
     joints, scores = [], []
     for d in output:
         kp, s = d["keypoints"].detach().cpu().double(), d["scores"].detach().cpu().double()
@@ -54,7 +55,7 @@ def to_image_space(crop_joints: torch.Tensor, inverse: torch.Tensor) -> torch.Te
     return torch.einsum("nkc,nrc->nkr", crop_joints.double(), inv[:, :, :2]) + inv[:, None, :, 2]
 
 
-def decode_output(output: Any, batch: Sequence[Any]) -> Tuple[torch.Tensor, torch.Tensor]:
+def decode_output(output: Any, batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """Image-space joints (N, K, 2) and person scores (N,) for a loader batch's output."""
     images, meta = batch[0], batch[3]
     k = int(meta["joints"].shape[1])

@@ -8,17 +8,15 @@ loss ignores them rather than teaching the model to predict an empty map.
 
 from __future__ import annotations
 
-from typing import Tuple
-
 import numpy as np
 import torch
 
-__all__ = ["encode_heatmaps", "decode_heatmaps"]
+__all__ = ["decode_heatmaps", "encode_heatmaps"]
 
 
 def encode_heatmaps(
-    joints: np.ndarray, visible: np.ndarray, heatmap_size: Tuple[int, int], stride: float, sigma: float = 2.0
-) -> Tuple[np.ndarray, np.ndarray]:
+    joints: np.ndarray, visible: np.ndarray, heatmap_size: tuple[int, int], stride: float, sigma: float = 2.0
+) -> tuple[np.ndarray, np.ndarray]:
     """(K, h, w) float32 Gaussians and (K,) float32 weights for crop-space ``joints`` (K, 2).
 
     ``visible`` > 0 marks labelled joints (COCO flags 1 and 2, MPII ``joints_vis`` 1).
@@ -39,7 +37,7 @@ def encode_heatmaps(
     return maps, weights
 
 
-def decode_heatmaps(heatmaps: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def decode_heatmaps(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Joint positions (N, K, 2) on the heatmap grid and scores (N, K) from (N, K, h, w) maps.
 
     The argmax is moved a quarter pixel toward the higher neighbour on each axis, the

@@ -7,9 +7,8 @@ pairs; COCO's keypoint AP needs the per-joint OKS sigmas. Both live here, as dat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
 
-__all__ = ["KeypointLayout", "COCO_LAYOUT", "MPII_LAYOUT", "MPII_HEAD_JOINTS", "get_layout"]
+__all__ = ["COCO_LAYOUT", "MPII_HEAD_JOINTS", "MPII_LAYOUT", "KeypointLayout", "get_layout"]
 
 
 @dataclass(frozen=True)
@@ -22,15 +21,15 @@ class KeypointLayout:
     """
 
     name: str
-    joints: Tuple[str, ...]
-    flip_pairs: Tuple[Tuple[int, int], ...]
-    sigmas: Optional[Tuple[float, ...]] = None
+    joints: tuple[str, ...]
+    flip_pairs: tuple[tuple[int, int], ...]
+    sigmas: tuple[float, ...] | None = None
 
     @property
     def num_joints(self) -> int:
         return len(self.joints)
 
-    def flip_permutation(self) -> Tuple[int, ...]:
+    def flip_permutation(self) -> tuple[int, ...]:
         """Index map: joint ``i`` of a flipped person is joint ``perm[i]`` of the original."""
         perm = list(range(self.num_joints))
         for a, b in self.flip_pairs:

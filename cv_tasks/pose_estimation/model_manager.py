@@ -10,10 +10,9 @@ model kinds take an (N, 3, H, W) image tensor.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
-from typing import Any, Union
+from collections.abc import Sequence
+from typing import Any
 
-import torch
 from torch import nn
 
 from cv_tasks.pose_estimation.decode import decode_output
@@ -22,7 +21,7 @@ from cv_tasks.registry import register_model_manager
 from legodnn.model_manager import CommonModelManager
 from legodnn.model_manager.abstract_model_manager import Device
 
-__all__ = ["PoseModelManager", "PoseMetric", "METRICS"]
+__all__ = ["METRICS", "PoseMetric", "PoseModelManager"]
 
 #: the metric names a manager accepts (any positive threshold works for PCK/PCKh)
 METRICS = ("keypoint AP", "PCKh@0.5", "PCK@0.2")
@@ -31,7 +30,7 @@ METRICS = ("keypoint AP", "PCKh@0.5", "PCK@0.2")
 class PoseMetric:
     """A metric accumulator over loader batches: decodes outputs, then scores them."""
 
-    def __init__(self, inner: Union[PCKAccumulator, KeypointAPAccumulator]) -> None:
+    def __init__(self, inner: PCKAccumulator | KeypointAPAccumulator) -> None:
         self.inner = inner
 
     def update(self, outputs: Any, batch_data: Sequence[Any]) -> None:
@@ -48,6 +47,7 @@ class PoseModelManager(CommonModelManager):
 
     PCKh (head-normalised) needs MPII data, PCK (box-normalised) the others; mixing them
     up raises a ``ValueError`` when scoring rather than reporting a misnamed number.
+    ``get_model_acc`` (inherited) feeds every test batch to :meth:`metric_accumulator`.
     """
 
     def __init__(self, metric: str = "keypoint AP") -> None:
@@ -69,10 +69,3 @@ class PoseModelManager(CommonModelManager):
         if not isinstance(batch_data, (list, tuple)) or len(batch_data) != 4:
             raise ValueError("a pose batch is (images, heatmaps, target_weight, meta), as the pose loaders yield")
         return super().forward_to_gen_mid_data(model, batch_data, device)
-
-    def get_model_acc(self, model: nn.Module, test_loader: Iterable[Any], device: Device) -> float:
-        """The manager's metric over every person of ``test_loader``; higher is better."""
-        acc = self.metric_accumulator()
-        for batch in test_loader:
-            acc.update(self.forward_to_gen_mid_data(model, batch, device), batch)
-        return acc.compute()

@@ -8,7 +8,8 @@ crop) never contribute.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,7 +18,7 @@ from tqdm.auto import tqdm
 __all__ = ["pose_loss", "train_pose_model"]
 
 
-def _rcnn_targets(batch: Sequence[Any], device: torch.device) -> List[Dict[str, torch.Tensor]]:
+def _rcnn_targets(batch: Sequence[Any], device: torch.device) -> list[dict[str, torch.Tensor]]:
     images, _, weight, meta = batch
     h, w = images.shape[2:]
     joints = meta["crop_joints"].to(device) * torch.tensor([w, h], device=device)
@@ -34,7 +35,9 @@ def _rcnn_targets(batch: Sequence[Any], device: torch.device) -> List[Dict[str, 
 def pose_loss(model: nn.Module, batch: Sequence[Any], device: torch.device) -> torch.Tensor:
     """The training loss of ``model`` (in train mode) on one loader batch."""
     images, heatmaps, weight = batch[0].to(device), batch[1].to(device), batch[2].to(device)
-    if type(model).__name__ == "KeypointRCNN":
+    from torchvision.models.detection import KeypointRCNN
+
+    if isinstance(model, KeypointRCNN):
         return sum(model(list(images), _rcnn_targets(batch, device)).values())
     out = model(images)
     if out.dim() == 4:
@@ -53,13 +56,13 @@ def train_pose_model(
     lr: float = 2e-3,
     device: str = "cpu",
     verbose: bool = True,
-) -> List[float]:
+) -> list[float]:
     """Train ``model`` with Adam for ``epochs``; returns the mean loss of each epoch."""
     torch_device = torch.device(device)
     model.to(torch_device).train()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs))
-    history: List[float] = []
+    history: list[float] = []
     for epoch in range(epochs):
         total, n = 0.0, 0
         for batch in tqdm(loader, desc=f"training teacher {epoch + 1}/{epochs}", disable=not verbose, leave=False):

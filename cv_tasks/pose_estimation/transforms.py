@@ -9,16 +9,16 @@ swaps left and right joints (``flip_joints``), which is what keeps keypoints rig
 from __future__ import annotations
 
 import math
-from typing import Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["box_to_center_size", "crop_affine", "invert_affine", "apply_affine", "flip_joints", "warp_image"]
+__all__ = ["apply_affine", "box_to_center_size", "crop_affine", "flip_joints", "invert_affine", "warp_image"]
 
 
 def box_to_center_size(
     box: Sequence[float], aspect: float, padding: float = 1.25
-) -> Tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray]:
     """Centre and (width, height) of the region to crop around an ``[x, y, w, h]`` box.
 
     The region is widened or heightened to the input's ``aspect`` (width / height), so
@@ -38,7 +38,7 @@ def box_to_center_size(
 def crop_affine(
     center: Sequence[float],
     size: Sequence[float],
-    output_size: Tuple[int, int],
+    output_size: tuple[int, int],
     rotation: float = 0.0,
     flip: bool = False,
 ) -> np.ndarray:
@@ -81,7 +81,7 @@ def flip_joints(values: np.ndarray, permutation: Sequence[int]) -> np.ndarray:
     return np.asarray(values)[list(permutation)]
 
 
-def warp_image(image: np.ndarray, m: np.ndarray, output_size: Tuple[int, int]) -> np.ndarray:
+def warp_image(image: np.ndarray, m: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:
     """The crop of ``image`` (H, W, C uint8) under ``m``; outside the image is black."""
     import cv2
 

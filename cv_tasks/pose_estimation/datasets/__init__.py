@@ -2,15 +2,19 @@
 
 from cv_tasks.pose_estimation.datasets.base import PersonRecord, TopDownDataset
 from cv_tasks.pose_estimation.datasets.coco import read_coco_keypoints
-from cv_tasks.pose_estimation.datasets.errors import CorruptImageError, DatasetNotFoundError, PoseAnnotationError
+from cv_tasks.pose_estimation.datasets.errors import (
+    CorruptImageError,
+    DatasetNotFoundError,
+    PoseAnnotationError,
+)
 from cv_tasks.pose_estimation.datasets.loaders import FORMATS, load_pose_dataset, make_pose_loader
 from cv_tasks.pose_estimation.datasets.mpii import read_mpii_json
 from cv_tasks.pose_estimation.datasets.synthetic import SyntheticPosePaths, write_synthetic_pose_set
 
 __all__ = [
+    "FORMATS",
     "CorruptImageError",
     "DatasetNotFoundError",
-    "FORMATS",
     "PersonRecord",
     "PoseAnnotationError",
     "SyntheticPosePaths",

@@ -10,8 +10,9 @@ needs the annotation file again.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from cv_tasks.pose_estimation.transforms import (
     warp_image,
 )
 
-__all__ = ["PersonRecord", "TopDownDataset", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PersonRecord", "TopDownDataset"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,7 +47,7 @@ class PersonRecord:
     image_path: str
     joints: np.ndarray
     visible: np.ndarray
-    box: Tuple[float, float, float, float]
+    box: tuple[float, float, float, float]
     norm: float
     area: float
     image_id: int
@@ -65,13 +66,14 @@ class TopDownDataset(Dataset):
         self,
         records: Sequence[PersonRecord],
         layout: KeypointLayout,
-        input_size: Tuple[int, int] = (256, 192),
+        input_size: tuple[int, int] = (256, 192),
         stride: int = 4,
         sigma: float = 2.0,
         train: bool = False,
         scale_factor: float = 0.25,
         rotation: float = 30.0,
         padding: float = 1.25,
+        skipped: int = 0,
     ) -> None:
         if len(input_size) != 2 or min(input_size) < stride or any(s % stride for s in input_size):
             raise ValueError(f"input_size (H, W) must be multiples of stride {stride}, got {input_size}")
@@ -85,6 +87,7 @@ class TopDownDataset(Dataset):
         self.scale_factor = scale_factor
         self.rotation = rotation
         self.padding = padding
+        self.skipped = skipped  # people the annotation reader left out (crowd, nothing labelled)
         missing = sorted({r.image_path for r in self.records if not os.path.isfile(r.image_path)})
         if missing:
             raise DatasetNotFoundError(
@@ -95,7 +98,7 @@ class TopDownDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _augment(self) -> Tuple[float, float, bool]:
+    def _augment(self) -> tuple[float, float, bool]:
         if not self.train:
             return 1.0, 0.0, False
         r = torch.rand(4).tolist()
@@ -103,7 +106,7 @@ class TopDownDataset(Dataset):
         rot = self.rotation * (2 * r[1] - 1) if r[2] < 0.6 else 0.0
         return scale, rot, r[3] < 0.5
 
-    def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Dict[str, Any]]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
         rec = self.records[index]
         image = _read_rgb(rec.image_path)
         h, w = self.input_size

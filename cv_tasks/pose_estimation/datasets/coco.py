@@ -12,7 +12,6 @@ import contextlib
 import io
 import json
 import os
-from typing import List, Tuple
 
 import numpy as np
 
@@ -23,7 +22,7 @@ from cv_tasks.pose_estimation.keypoints import COCO_LAYOUT
 __all__ = ["read_coco_keypoints"]
 
 
-def read_coco_keypoints(ann_file: str, image_dir: str) -> Tuple[List[PersonRecord], int]:
+def read_coco_keypoints(ann_file: str, image_dir: str) -> tuple[list[PersonRecord], int]:
     """The people of a COCO keypoints file, and how many were skipped (crowd / no keypoints).
 
     Raises ``DatasetNotFoundError`` for a missing file and ``PoseAnnotationError`` for
@@ -48,7 +47,7 @@ def read_coco_keypoints(ann_file: str, image_dir: str) -> Tuple[List[PersonRecor
     if len(people[0].get("keypoints", [])) not in (0, k):
         raise PoseAnnotationError(f"{ann_file}: the person category names {len(people[0]['keypoints'])} keypoints, "
                                   f"expected the {k} COCO keypoints")
-    records: List[PersonRecord] = []
+    records: list[PersonRecord] = []
     skipped = 0
     for ann in coco.loadAnns(coco.getAnnIds(catIds=[people[0]["id"]])):
         values = ann.get("keypoints")
@@ -79,7 +78,7 @@ def read_coco_keypoints(ann_file: str, image_dir: str) -> Tuple[List[PersonRecor
     return records, skipped
 
 
-def _clip_box(bbox: List[float], width: int | None, height: int | None) -> Tuple[float, float, float, float] | None:
+def _clip_box(bbox: list[float], width: int | None, height: int | None) -> tuple[float, float, float, float] | None:
     """The box inside the image (None when empty), as the common top-down codebases do."""
     x, y, w, h = (float(v) for v in bbox)
     x1, y1 = max(0.0, x), max(0.0, y)

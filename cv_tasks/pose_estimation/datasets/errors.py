@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cv_tasks.image_classification.datasets.errors import DatasetNotFoundError
 
-__all__ = ["DatasetNotFoundError", "PoseAnnotationError", "CorruptImageError"]
+__all__ = ["CorruptImageError", "DatasetNotFoundError", "PoseAnnotationError"]
 
 
 class PoseAnnotationError(ValueError):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Subset
@@ -32,16 +32,14 @@ def load_pose_dataset(fmt: str, ann_file: str, image_dir: str, **kwargs: Any) ->
     if not records:
         raise PoseAnnotationError(f"{ann_file} has no person with a visible keypoint ({skipped} skipped); "
                                   "nothing to train on or score")
-    dataset = TopDownDataset(records, layout, **kwargs)
-    dataset.skipped = skipped
-    return dataset
+    return TopDownDataset(records, layout, skipped=skipped, **kwargs)
 
 
 def make_pose_loader(
     dataset: TopDownDataset,
     batch_size: int = 16,
     shuffle: bool = False,
-    limit: Optional[int] = None,
+    limit: int | None = None,
     num_workers: int = 0,
     seed: int = 0,
 ) -> DataLoader:
@@ -54,7 +52,7 @@ def make_pose_loader(
     return DataLoader(data, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, generator=generator)
 
 
-def split_indices(n: int, test_share: float) -> Tuple[range, range]:
+def split_indices(n: int, test_share: float) -> tuple[range, range]:
     """Deterministic (train, test) split of ``n`` people, test at the end."""
     n_test = max(1, int(round(n * test_share)))
-    return range(0, n - n_test), range(n - n_test, n)
+    return range(n - n_test), range(n - n_test, n)

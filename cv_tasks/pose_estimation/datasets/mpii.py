@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -27,13 +27,13 @@ from cv_tasks.pose_estimation.datasets.base import PersonRecord
 from cv_tasks.pose_estimation.datasets.errors import DatasetNotFoundError, PoseAnnotationError
 from cv_tasks.pose_estimation.keypoints import MPII_HEAD_JOINTS, MPII_LAYOUT
 
-__all__ = ["read_mpii_json", "head_size"]
+__all__ = ["head_size", "read_mpii_json"]
 
 #: MPII's PCKh scale: head size = 0.6 x the head box diagonal
 HEAD_BOX_FACTOR = 0.6
 
 
-def head_size(entry: Dict[str, Any], joints: np.ndarray) -> float:
+def head_size(entry: dict[str, Any], joints: np.ndarray) -> float:
     """The PCKh normaliser of one MPII person (see the module docstring)."""
     if "head_box" in entry:
         x1, y1, x2, y2 = (float(v) for v in entry["head_box"])
@@ -42,7 +42,7 @@ def head_size(entry: Dict[str, Any], joints: np.ndarray) -> float:
     return float(np.linalg.norm(joints[a] - joints[b]))
 
 
-def read_mpii_json(ann_file: str, image_dir: str) -> Tuple[List[PersonRecord], int]:
+def read_mpii_json(ann_file: str, image_dir: str) -> tuple[list[PersonRecord], int]:
     """The people of an MPII json file, and how many were skipped (no visible joint).
 
     Raises ``DatasetNotFoundError`` for a missing file and ``PoseAnnotationError`` for
@@ -58,7 +58,7 @@ def read_mpii_json(ann_file: str, image_dir: str) -> Tuple[List[PersonRecord], i
     if not isinstance(entries, list):
         raise PoseAnnotationError(f"{ann_file} must hold a json list of people, got {type(entries).__name__}")
     k = MPII_LAYOUT.num_joints
-    records: List[PersonRecord] = []
+    records: list[PersonRecord] = []
     skipped = 0
     for i, e in enumerate(entries):
         where = f"{ann_file}: entry {i}"

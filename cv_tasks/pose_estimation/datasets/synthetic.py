@@ -11,7 +11,6 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -43,7 +42,7 @@ class SyntheticPosePaths:
     mpii_json: str
 
 
-def _figure(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, float]:
+def _figure(rng: np.random.Generator, size: int) -> tuple[np.ndarray, float]:
     """19 template points posed, scaled, rotated and placed; returns points and height."""
     pts = _TEMPLATE.copy()
     for j in (7, 8, 9, 10, 13, 14, 15, 16):  # limbs swing
@@ -81,9 +80,9 @@ def write_synthetic_pose_set(
     rng = np.random.default_rng(seed)
     image_dir = os.path.join(out_dir, "images")
     os.makedirs(image_dir, exist_ok=True)
-    images: List[Dict] = []
-    anns: List[Dict] = []
-    mpii: List[Dict] = []
+    images: list[dict] = []
+    anns: list[dict] = []
+    mpii: list[dict] = []
     for i in range(num_images):
         name = f"{i:06d}.jpg"
         image = (rng.uniform(0, 40) + rng.normal(0, 6, (image_size, image_size, 3))).clip(0, 255).astype(np.uint8)

@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Any, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from cv_tasks.pose_estimation.keypoints import COCO_LAYOUT
 
-__all__ = ["keypoint_ap", "KeypointAPAccumulator"]
+__all__ = ["KeypointAPAccumulator", "keypoint_ap"]
 
 
 def keypoint_ap(
-    gt_people: Sequence[Dict[str, Any]], predictions: Sequence[Dict[str, Any]], sigmas: Optional[Sequence[float]] = None
+    gt_people: Sequence[dict[str, Any]], predictions: Sequence[dict[str, Any]], sigmas: Sequence[float] | None = None
 ) -> float:
     """COCO keypoint AP@[.5:.95] of ``predictions`` against ``gt_people``.
 
@@ -40,7 +41,7 @@ def keypoint_ap(
         sigmas = COCO_LAYOUT.sigmas if k == COCO_LAYOUT.num_joints else [0.05] * k
     if len(sigmas) != k:
         raise ValueError(f"{len(sigmas)} OKS sigmas for {k} joints")
-    anns: List[Dict[str, Any]] = []
+    anns: list[dict[str, Any]] = []
     for i, p in enumerate(gt_people):
         joints, vis = np.asarray(p["joints"], dtype=np.float64), np.asarray(p["visible"]) > 0
         if joints.shape != (k, 2) or vis.shape != (k,):
@@ -79,10 +80,10 @@ def keypoint_ap(
 class KeypointAPAccumulator:
     """Keypoint AP over batches: ``update(image-space predictions, scores, meta)`` then ``compute``."""
 
-    def __init__(self, sigmas: Optional[Sequence[float]] = None) -> None:
+    def __init__(self, sigmas: Sequence[float] | None = None) -> None:
         self.sigmas = sigmas
-        self.gt: List[Dict[str, Any]] = []
-        self.pred: List[Dict[str, Any]] = []
+        self.gt: list[dict[str, Any]] = []
+        self.pred: list[dict[str, Any]] = []
 
     def update(self, pred: torch.Tensor, scores: torch.Tensor, meta: dict) -> None:
         for i in range(pred.shape[0]):

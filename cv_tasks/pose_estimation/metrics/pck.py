@@ -6,11 +6,9 @@ longer side is used (PCK@0.2 being the usual threshold). Unlabelled joints do no
 
 from __future__ import annotations
 
-
-
 import torch
 
-__all__ = ["pck", "pck_counts", "PCKAccumulator"]
+__all__ = ["PCKAccumulator", "pck", "pck_counts"]
 
 
 def _check(pred: torch.Tensor, gt: torch.Tensor, visible: torch.Tensor, norm: torch.Tensor) -> None:

@@ -7,13 +7,11 @@ makes CPU tests and demos fast.
 
 from __future__ import annotations
 
-from typing import Tuple
-
 from torch import Tensor, nn
 
 from cv_tasks.image_classification.models.resnet import BasicBlock
 
-__all__ = ["ResNetTrunk", "RESNET_LAYERS"]
+__all__ = ["RESNET_LAYERS", "ResNetTrunk"]
 
 RESNET_LAYERS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 
@@ -27,7 +25,7 @@ class ResNetTrunk(nn.Module):
             raise ValueError(f"ResNet depth must be one of {sorted(RESNET_LAYERS)}, got {depth}")
         if base_width < 1:
             raise ValueError(f"base_width must be a positive number of channels, got {base_width}")
-        layers: Tuple[int, ...] = RESNET_LAYERS[depth]
+        layers: tuple[int, ...] = RESNET_LAYERS[depth]
         self.conv1 = nn.Conv2d(3, base_width, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(base_width)
         self.relu = nn.ReLU()

@@ -7,8 +7,6 @@ heatmap decoding.
 
 from __future__ import annotations
 
-from typing import Optional
-
 from torch import Tensor, nn
 
 from cv_tasks.pose_estimation.models._weights import load_checkpoint
@@ -39,7 +37,7 @@ class DeepPose(nn.Module):
 
 @register_model(task="pose_estimation", input_size=(1, 3, 256, 192))
 def deeppose_resnet(num_joints: int = 17, depth: int = 18, base_width: int = 64,
-                    weights_path: Optional[str] = None) -> DeepPose:
+                    weights_path: str | None = None) -> DeepPose:
     """DeepPose regression on a ResNet-``depth`` (18 or 34); output (N, K, 2) in [0, 1] of the crop."""
     model = DeepPose(num_joints, depth, base_width)
     return model if weights_path is None else load_checkpoint(model, weights_path)

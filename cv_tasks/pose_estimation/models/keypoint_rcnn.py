@@ -4,13 +4,14 @@ Its root does not trace with torch.fx (it loops over a list of images and filter
 detections), so legodnn traces its single-tensor parts (backbone body, FPN, box and
 keypoint heads) and keeps the rest as it is. The defaults suit top-down person crops:
 images arrive already normalised by the data loader (``image_mean`` 0, ``image_std``
-1), are not resized (``min_size`` = ``max_size`` = 256) and only the best few
-detections per crop are kept. For whole images pass ``min_size=800, max_size=1333``.
+1), are not resized (``min_size`` = ``max_size`` = 256) and the best few detections
+per crop are kept whatever their score (``box_score_thresh`` 0). For whole images pass
+``min_size=800, max_size=1333, box_score_thresh=0.05``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from torch import nn
 
@@ -27,13 +28,13 @@ def keypoint_rcnn_resnet_fpn(
     depth: int = 50,
     head_width: int = 512,
     head_layers: int = 8,
-    base_width: Optional[int] = None,
+    base_width: int | None = None,
     fpn_width: int = 256,
     box_head_width: int = 1024,
     min_size: int = 256,
     max_size: int = 256,
     detections_per_img: int = 5,
-    weights_path: Optional[str] = None,
+    weights_path: str | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Keypoint R-CNN on a ResNet-``depth`` FPN (``base_width`` set: a narrow ResNet-18/34); the defaults (ResNet-50, 256-channel FPN, 1024-wide
@@ -64,6 +65,7 @@ def keypoint_rcnn_resnet_fpn(
         c5 = resnet.out_channels
     backbone = BackboneWithFPN(resnet, {f"layer{i}": str(i - 1) for i in range(1, 5)},
                                [c5 // 8, c5 // 4, c5 // 2, c5], fpn_width, extra_blocks=LastLevelMaxPool())
+    kwargs.setdefault("box_score_thresh", 0.0)  # a crop holds one person: keep its best boxes
     kwargs.setdefault("image_mean", [0.0, 0.0, 0.0])
     kwargs.setdefault("image_std", [1.0, 1.0, 1.0])
     model = KeypointRCNN(

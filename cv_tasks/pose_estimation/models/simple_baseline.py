@@ -6,8 +6,6 @@ heatmap per joint; decoding the peak gives the joint's position.
 
 from __future__ import annotations
 
-from typing import Optional
-
 from torch import Tensor, nn
 
 from cv_tasks.pose_estimation.models._weights import load_checkpoint
@@ -45,7 +43,7 @@ class SimpleBaseline(nn.Module):
 
 @register_model(task="pose_estimation", input_size=(1, 3, 256, 192))
 def simple_baseline_resnet(num_joints: int = 17, depth: int = 18, base_width: int = 64, head_width: int = 256,
-                           weights_path: Optional[str] = None) -> SimpleBaseline:
+                           weights_path: str | None = None) -> SimpleBaseline:
     """SimpleBaseline on a ResNet-``depth`` (18 or 34); 256x192 crops give 64x48 heatmaps."""
     model = SimpleBaseline(num_joints, depth, base_width, head_width)
     return model if weights_path is None else load_checkpoint(model, weights_path)
