@@ -5,13 +5,14 @@
    ``<split>/*.jpg``) with ``--data``. Without it, a small synthetic set (coloured shapes
    on noise, 3 object classes) is generated under ``--out/data`` in the VOC layout and
    read back through the VOC loader; the output says which data is used.
-2. **Teacher.** A registered segmenter (default: LR-ASPP on MobileNetV3-Large at half
-   width), trained for a few epochs (or loaded with ``--weights``), scored by mIoU.
+2. **Teacher.** A registered segmenter (default: FCN on a dilated ResNet-50 design at
+   1/4 width and 6 bottlenecks instead of 16; ``--model`` picks another), trained for a
+   few epochs (or loaded with ``--weights``), scored by mIoU.
 3. **Pipeline.** ``cv_tasks.pipeline.run_pipeline``: blocks, pruned descendants, block
    distillation, profiling, latency, and the optimizer's pick under a latency/memory
    budget, hot-swapped into the live model.
 
-About 2 minutes on 2 CPU cores by default, ``--quick`` under 30 seconds. Run from the
+About 1-2 minutes on 2 CPU cores by default, ``--quick`` under 30 seconds. Run from the
 repository root (``PYTHONPATH=.`` or the package installed)::
 
     python demos/semantic_segmentation_demo.py [--data DIR] [--out DIR] [--quick] [--quiet]
@@ -28,7 +29,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -48,6 +49,9 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
     "deeplabv3_mobilenet_v3_large": {"width_mult": 0.5},
     "lraspp_mobilenet_v3_large": {"width_mult": 0.5},
 }
+#: the ASPP head is 6 parallel convs: with few backbone layers, 1/8 of the convs per block
+#: is too few to hold it
+BLOCK_SIZE_RATIO = {"deeplabv3_resnet50": 0.25}
 
 
 @dataclass(frozen=True)
@@ -60,18 +64,18 @@ class Settings:
     batch_size: int
     epochs: int
     block_epochs: int
-    sparsities: tuple
+    sparsities: Tuple[float, ...]
 
     @classmethod
     def defaults(cls, quick: bool) -> "Settings":
         if quick:
             return cls(size=64, num_train=16, num_val=8, batch_size=8, epochs=2, block_epochs=1,
                        sparsities=(0.0, 0.5))
-        return cls(size=64, num_train=96, num_val=32, batch_size=16, epochs=6, block_epochs=1,
+        return cls(size=64, num_train=96, num_val=32, batch_size=16, epochs=6, block_epochs=2,
                    sparsities=(0.0, 0.3, 0.6, 0.8))
 
 
-def _coco_layout(root: Path) -> Optional[tuple]:
+def _coco_layout(root: Path) -> Optional[Tuple[Path, Path]]:
     """``(images dir, annotation file)`` when ``root`` is a COCO folder, else None."""
     for ann in sorted((root / "annotations").glob("instances_*.json")):
         images = root / ann.stem[len("instances_"):]
@@ -108,9 +112,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="a Pascal VOC or COCO folder (default: generate a synthetic VOC set under --out)")
     p.add_argument("--num-classes", type=int, default=None,
                    help="classes incl. background for VOC-layout data (default 21; synthetic: 4)")
-    p.add_argument("--model", choices=sorted(VARIANTS), default="lraspp_mobilenet_v3_large")
+    p.add_argument("--model", choices=sorted(VARIANTS), default="fcn_resnet50",
+                   help="the teacher, at a CPU-sized width (default fcn_resnet50)")
     p.add_argument("--weights", type=Path, default=None, help="trained teacher weights instead of training")
     p.add_argument("--epochs", type=int, default=None, help="teacher training epochs")
+    p.add_argument("--block-epochs", type=int, default=None, help="block retraining epochs (default 2)")
+    p.add_argument("--latency-budget", type=float, default=0.9, help="latency budget, x the teacher's")
+    p.add_argument("--memory-budget", type=float, default=0.6, help="memory budget, x the teacher's")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--quick", action="store_true", help="a smoke run: less data, 2 epochs, 2 sparsities")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -128,6 +136,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     verbose = not args.quiet
     s = Settings.defaults(args.quick)
     epochs = args.epochs if args.epochs is not None else s.epochs
+    block_epochs = args.block_epochs if args.block_epochs is not None else s.block_epochs
     out: Path = args.out
     shutil.rmtree(out / "pipeline", ignore_errors=True)  # a fresh run; the retrainer would resume
     out.mkdir(parents=True, exist_ok=True)
@@ -151,7 +160,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     train_seconds = time.perf_counter() - start
 
     report = run_pipeline(teacher.eval(), manager, data["train"], data["test"], (1, 3, s.size, s.size),
-                          str(out / "pipeline"), sparsities=s.sparsities, epochs=s.block_epochs,
+                          str(out / "pipeline"), sparsities=s.sparsities, epochs=block_epochs,
+                          latency_budget=args.latency_budget, memory_budget=args.memory_budget,
+                          block_size_ratio=BLOCK_SIZE_RATIO.get(args.model, 0.125),
                           latency_samples=3 if args.quick else 10, num_compositions=2 if args.quick else 6,
                           device=device, verbose=verbose)
     print(describe(report, args.model))
@@ -162,7 +173,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         "model_kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()},
         "teacher": {"loss_per_epoch": losses, "miou_before": before.miou, "miou": after.miou,
                     "pixel_accuracy": after.pixel_accuracy, "iou_per_class": after.iou},
-        "settings": asdict(s) | {"epochs": epochs},
+        "settings": asdict(s) | {"epochs": epochs, "block_epochs": block_epochs,
+                                 "latency_budget": args.latency_budget, "memory_budget": args.memory_budget},
         "pipeline": report.to_json(),
         "seconds": {"data_and_teacher": round(train_seconds, 2),
                     "total": round(time.perf_counter() - start, 2)},

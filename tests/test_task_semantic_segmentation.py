@@ -57,7 +57,6 @@ def _one_thread():
 
 
 def test_every_registered_segmenter_has_a_small_variant() -> None:
-    assert set(list_models()) & set(SMALL) == set(SMALL)
     registered = {n for n in list_models() if cv_tasks.get_model_info(n).task == TASK}
     assert registered == set(SMALL)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -55,7 +55,7 @@ def segmentation_dataloaders(train_set: Dataset, test_set: Dataset, batch_size: 
 
 
 def voc_dataloaders(root: str | Path, batch_size: int, size: int | Sequence[int] = 128,
-                    num_classes: int = len(VOC_CLASSES), **kwargs) -> Tuple[DataLoader, DataLoader]:
+                    num_classes: int = len(VOC_CLASSES), **kwargs: Any) -> Tuple[DataLoader, DataLoader]:
     """Loaders of the VOC ``train`` and ``val`` splits at ``size`` (see
     :func:`segmentation_transforms`); ``kwargs`` go to :func:`segmentation_dataloaders`."""
     train = VOCSegmentation(root, "train", num_classes, segmentation_transforms(size, train=True))
@@ -66,7 +66,7 @@ def voc_dataloaders(root: str | Path, batch_size: int, size: int | Sequence[int]
 def coco_dataloaders(image_dir: str | Path, annotation_file: str | Path, batch_size: int,
                      size: int | Sequence[int] = 128, categories: Optional[Sequence[int]] = None,
                      test_fraction: float = 0.25, seed: int = 0, verbose: bool = False,
-                     **kwargs) -> Tuple[DataLoader, DataLoader, List[str]]:
+                     **kwargs: Any) -> Tuple[DataLoader, DataLoader, List[str]]:
     """Train/test loaders from one COCO folder, split by image (``test_fraction`` of them
     held out, chosen by ``seed``), and the class names (label order)."""
     if not 0.0 < test_fraction < 1.0:

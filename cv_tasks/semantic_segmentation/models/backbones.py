@@ -42,6 +42,7 @@ class ResNetTrunk(nn.Module):
         self.layer3 = self._stage(Bottleneck, 4 * width, layers[2], 2, dilate[1])
         self.layer4 = self._stage(Bottleneck, 8 * width, layers[3], 2, dilate[2])
         self.out_channels = 8 * width * Bottleneck.expansion
+        del self.inplanes, self.dilation  # construction state only
         for m in self.modules():  # He init for convs, identity BatchNorm (torchvision's)
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
