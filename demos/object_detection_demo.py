@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated object_detection models")
     p.add_argument("--weights", type=Path, default=None, help="trained teacher weights (with one model)")
     p.add_argument("--metric", choices=("voc", "coco"), default="voc", help="mAP@0.5 (voc) or mAP@[.5:.95] (coco)")
-    p.add_argument("--epochs", type=int, default=None, help="teacher epochs (default 8, quick 3)")
+    p.add_argument("--epochs", type=int, default=None, help="teacher epochs (default 6, quick 3)")
     p.add_argument("--size", type=int, default=None, help="image side in pixels (default 96, quick 64)")
     p.add_argument("--quick", action="store_true", help="a smoke run of well under a minute")
     p.add_argument("--quiet", action="store_true", help="print nothing, show no progress bars")
@@ -88,7 +88,7 @@ def _datasets(args: argparse.Namespace, size: int) -> Tuple[Dataset, Dataset, in
     """(train, test, num_classes incl. background, description) for --data or the synthetic set."""
     train_tf, test_tf = datasets.detection_transforms((size, size), train=True), datasets.detection_transforms((size, size))
     if args.data is None:
-        n_train, n_val = (24, 8) if args.quick else (96, 24)
+        n_train, n_val = (24, 8) if args.quick else (64, 16)
         paths = make_synthetic_detection(args.out / "data", n_train, n_val, image_size=size, seed=args.seed)
         train = datasets.CocoDetection(paths["images"], paths["train"], train_tf)
         test = datasets.CocoDetection(paths["images"], paths["val"], test_tf)
@@ -126,7 +126,7 @@ def run_model(args: argparse.Namespace, name: str, data: Dict[str, Any], device:
                               **SMALL.get(name, {})}
     teacher = cv_tasks.get_model(name, weights_path=None if args.weights is None else str(args.weights), **kwargs)
     start = time.perf_counter()
-    epochs = args.epochs or (3 if args.quick else 8)
+    epochs = args.epochs or (3 if args.quick else 6)
     if args.weights is None:
         train_detector(teacher, data["train"], epochs, lr=2e-3, device=device, verbose=verbose)
     teacher.to(device).eval()
@@ -138,6 +138,7 @@ def run_model(args: argparse.Namespace, name: str, data: Dict[str, Any], device:
         shutil.rmtree(work)  # this demo's own folder from an earlier run
     report = run_pipeline(teacher, DetectionModelManager(args.metric), data["train"], data["test"],
                           (1, 3, size, size), str(work), sparsities=(0.0, 0.5) if args.quick else (0.0, 0.3, 0.6),
+                          block_size_ratio=0.25 if args.quick else 0.125,
                           epochs=1, latency_samples=2 if args.quick else 4, num_compositions=2 if args.quick else 3,
                           device=device, verbose=verbose)
     say(describe(report, name))

@@ -206,9 +206,10 @@ def test_voc_difficult_and_duplicates() -> None:
     assert voc_map([_p([[0, 0, 10, 10]], [0.8], [1])], gt) == pytest.approx(1.0)
     # a duplicate detection of a matched box is a FP: TP (P 1, R 1) then FP -> AP still 1.0
     assert voc_map([_p([[0, 0, 10, 10], [0, 0, 10, 10]], [0.9, 0.8], [1, 1])], gt) == pytest.approx(1.0)
-    # ...but ranked above it (the first copy is the TP, either way R reaches 1 at P 1): AP 1.0
+    # per class: a 1 px shift (IoU .82) is still a hit at 0.5, a miss at 0.9
     mean, per_class = voc_map([_p([[1, 0, 11, 10]], [0.9], [1])], gt, per_class=True)
-    assert per_class == {1: pytest.approx(1.0)}
+    assert mean == 1.0 and per_class == {1: pytest.approx(1.0)}
+    assert voc_map([_p([[1, 0, 11, 10]], [0.9], [1])], gt, iou_threshold=0.9) == 0.0
     assert average_precision(torch.tensor([0.5, 0.5, 1.0]), torch.tensor([1.0, 0.5, 2 / 3])) == pytest.approx(
         0.5 * 1.0 + 0.5 * (2 / 3))
 
@@ -294,19 +295,11 @@ def test_resnet50_builds_at_its_standard_size() -> None:
     assert model.transform.min_size == (800,) and 41e6 < sum(p.numel() for p in model.parameters()) < 42e6
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_pipeline(name: str, synth: dict, tmp_path: Path) -> None:
-    train = CocoDetection(synth["images"], synth["train"], detection_transforms(train=True))
-    test = CocoDetection(synth["images"], synth["val"], detection_transforms())
-    tl, vl = detection_dataloaders(train, test, batch_size=2, train_subset=4, test_subset=2)
-    mm = DetectionModelManager("voc")
-    report = run_pipeline(_small(name), mm, tl, vl, (1, 3, SIZE, SIZE), str(tmp_path), sparsities=(0.0, 0.5),
-                          latency_samples=2, num_compositions=2, verbose=False)
-    print(name, report.seconds)
+def _check_report(report, metric_name: str) -> None:
+    """What every pipeline run here must show; it ran with sparsities (0.0, 0.5)."""
     assert report.num_blocks >= 1 and 0.0 < report.coverage <= 1.0
-    assert report.metric_name == "mAP@0.5" and 0.0 <= report.teacher_metric <= 1.0
-    assert report.num_descendants == report.num_blocks
+    assert report.metric_name == metric_name and 0.0 <= report.teacher_metric <= 1.0
+    assert report.num_descendants == report.num_blocks  # one pruned descendant (0.5) per block
     assert 0 < report.descendant_bytes[0] <= report.descendant_bytes[1] < report.block_bytes[1]
     assert report.live_output_ok and set(report.seconds) == {"extract", "retrain", "profile", "latency", "optimize"}
     c = report.chosen
@@ -315,3 +308,37 @@ def test_pipeline(name: str, synth: dict, tmp_path: Path) -> None:
         assert c["estimated_latency_s"] <= report.budget["max_latency_s"]
     else:
         assert c["sparsities"] == [0.5] * report.num_blocks  # the cheapest configuration is installed
+
+
+# FCOS runs the pipeline in test_demo_quick (the demo's --quick model), so it is not repeated here
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(set(MODELS) - {"fcos_mobilenet_v3_large_fpn"}))
+def test_pipeline(name: str, synth: dict, tmp_path: Path) -> None:
+    train = CocoDetection(synth["images"], synth["train"], detection_transforms(train=True))
+    test = CocoDetection(synth["images"], synth["val"], detection_transforms())
+    tl, vl = detection_dataloaders(train, test, batch_size=2, train_subset=4, test_subset=2)
+    report = run_pipeline(_small(name), DetectionModelManager("voc"), tl, vl, (1, 3, SIZE, SIZE), str(tmp_path),
+                          sparsities=(0.0, 0.5), block_size_ratio=0.25, latency_samples=2, num_compositions=2,
+                          verbose=False)
+    _check_report(report, "mAP@0.5")
+
+
+@pytest.mark.slow
+def test_demo_quick(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("od_demo", Path(__file__).parents[1] / "demos" / "object_detection_demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    results = demo.main(["--quick", "--quiet", "--epochs", "1", "--out", str(tmp_path), "--threads", "1"])
+    assert capsys.readouterr().out == ""  # --quiet
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["metric"] == "mAP@0.5" and "synthetic" in saved["data"]
+    (model,) = results["models"]
+    assert model["model"] == "fcos_mobilenet_v3_large_fpn"
+    assert all(0.0 <= v <= 1.0 for v in model["teacher_metrics"].values())
+    from cv_tasks.pipeline import PipelineReport
+
+    _check_report(PipelineReport(**model["pipeline"]), "mAP@0.5")
+    with pytest.raises(ValueError, match="not an object_detection model"):
+        demo.main(["--quiet", "--models", "cifar_resnet18", "--out", str(tmp_path)])

@@ -23,7 +23,7 @@ from cv_tasks.registry import register_model_manager
 from legodnn.model_manager import CommonModelManager
 from legodnn.model_manager.abstract_model_manager import Device
 
-__all__ = ["DetectionModelManager", "METRICS"]
+__all__ = ["METRICS", "DetectionModelManager"]
 
 #: metric choice -> the metric's name as reported
 METRICS = {"coco": "mAP@[.5:.95]", "voc": "mAP@0.5"}

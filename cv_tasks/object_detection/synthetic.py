@@ -43,8 +43,8 @@ def _draw(rng: np.random.Generator, size: int, max_objects: int) -> Tuple[Any, L
 
 
 def _voc_xml(file_name: str, size: int, objects: List[Dict[str, Any]]) -> str:
-    parts = [f"<annotation><filename>{escape(file_name)}</filename>"
-             f"<size><width>{size}</width><height>{size}</height><depth>3</depth></size>"]
+    parts = [(f"<annotation><filename>{escape(file_name)}</filename>"
+              f"<size><width>{size}</width><height>{size}</height><depth>3</depth></size>")]
     for o in objects:
         x, y, w, h = o["bbox"]
         parts.append(f"<object><name>{SYNTHETIC_CLASSES[o['label'] - 1]}</name><difficult>0</difficult>"

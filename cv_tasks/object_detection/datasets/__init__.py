@@ -13,6 +13,7 @@ from cv_tasks.object_detection.datasets.transforms import (
 from cv_tasks.object_detection.datasets.voc import VOC_CLASSES, VOCDetection, parse_voc_xml
 
 __all__ = [
+    "VOC_CLASSES",
     "AnnotationError",
     "CocoDetection",
     "Compose",
@@ -21,7 +22,6 @@ __all__ = [
     "Resize",
     "ToTensor",
     "VOCDetection",
-    "VOC_CLASSES",
     "detection_collate",
     "detection_dataloaders",
     "detection_transforms",
