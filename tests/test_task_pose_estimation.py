@@ -323,3 +323,25 @@ def test_block_retraining_skips_empty_captures(tmp_path):
                              val_loader=[empty, full], verbose=False).train_all_blocks()
     losses = [v for h in history.values() for v in h["train"] + h["val"]]
     assert losses and all(math.isfinite(v) for v in losses)
+
+
+@pytest.mark.parametrize("name", ["simple_baseline_resnet", "deeppose_resnet"])
+def test_top_down_models_trace_and_get_gradients(name):
+    model = get_model(name, **SMALL[name])
+    x = torch.rand(2, 3, *SIZE)
+    model.train()(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.fx.symbolic_trace(model)(x), model(x))
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_training_loss_per_model(name, coco_loader):
+    from cv_tasks.pose_estimation.train import pose_loss
+
+    model = get_model(name, **SMALL[name]).train()
+    loss = pose_loss(model, next(iter(coco_loader)), torch.device("cpu"))
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 0
+    assert sum(p.grad is not None for p in model.parameters()) > 0.9 * len(list(model.parameters()))
