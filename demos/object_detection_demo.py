@@ -7,7 +7,8 @@
    ``--out/data`` in both formats (coloured rectangles and ellipses on noise; the COCO copy
    is read), so no download is needed.
 2. **Teacher.** Each model of ``--models`` (default: FCOS and Faster R-CNN on MobileNetV3-Large
-   FPN at half width) is trained from scratch for a few epochs, or loaded with ``--weights``.
+   FPN at half width) is trained from scratch for a few epochs, or loaded with ``--weights``
+   (a checkpoint of the standard architecture, with the data set's number of classes).
 3. **Pipeline.** ``cv_tasks.pipeline.run_pipeline``: blocks from the traceable parts
    (backbone, box head), descendants, retraining, profiling with mAP (``--metric voc``:
    mAP@0.5, the default; ``coco``: mAP@[.5:.95]), latency, and the optimizer under 80 % of
@@ -122,8 +123,9 @@ def run_model(args: argparse.Namespace, name: str, data: Dict[str, Any], device:
     """Train (or load) one teacher, run the pipeline on it, return its results."""
     size = data["size"]
     torch.manual_seed(args.seed)
-    kwargs: Dict[str, Any] = {"num_classes": data["num_classes"], "min_size": size, "max_size": size,
-                              **SMALL.get(name, {})}
+    kwargs: Dict[str, Any] = {"num_classes": data["num_classes"], "min_size": size, "max_size": size}
+    if args.weights is None:  # a user's checkpoint is of the standard architecture
+        kwargs.update(SMALL.get(name, {}))
     teacher = cv_tasks.get_model(name, weights_path=None if args.weights is None else str(args.weights), **kwargs)
     start = time.perf_counter()
     epochs = args.epochs or (3 if args.quick else 6)
