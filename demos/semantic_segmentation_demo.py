@@ -35,7 +35,7 @@ import torch
 
 import cv_tasks
 from cv_tasks.pipeline import describe, run_pipeline
-from cv_tasks.semantic_segmentation.datasets import coco_dataloaders, voc_dataloaders
+from cv_tasks.semantic_segmentation.datasets import VOC_CLASSES, coco_dataloaders, voc_dataloaders
 from cv_tasks.semantic_segmentation.model_manager import SegmentationModelManager
 from cv_tasks.semantic_segmentation.synthetic import synthetic_class_names, write_synthetic_voc
 from cv_tasks.semantic_segmentation.train import train_segmenter
@@ -103,7 +103,8 @@ def load_data(data: Optional[Path], out: Path, s: Settings, num_classes: Optiona
     classes = num_classes or 21
     train, test = voc_dataloaders(data, s.batch_size, s.size, classes, seed=seed)
     what = f"Pascal VOC from {data} ({len(train.dataset)} train / {len(test.dataset)} val images)"
-    return {"train": train, "test": test, "classes": [str(c) for c in range(classes)], "description": what}
+    names = list(VOC_CLASSES) if classes == len(VOC_CLASSES) else [str(c) for c in range(classes)]
+    return {"train": train, "test": test, "classes": names, "description": what}
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

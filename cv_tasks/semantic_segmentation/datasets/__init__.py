@@ -5,8 +5,16 @@ masks when they are used.
 """
 
 from cv_tasks.semantic_segmentation.datasets.coco import COCOSegmentation
-from cv_tasks.semantic_segmentation.datasets.errors import DatasetNotFoundError, SegmentationDataError
-from cv_tasks.semantic_segmentation.datasets.io import read_image, read_label_map, voc_palette, write_label_png
+from cv_tasks.semantic_segmentation.datasets.errors import (
+    DatasetNotFoundError,
+    SegmentationDataError,
+)
+from cv_tasks.semantic_segmentation.datasets.io import (
+    read_image,
+    read_label_map,
+    voc_palette,
+    write_label_png,
+)
 from cv_tasks.semantic_segmentation.datasets.loaders import (
     coco_dataloaders,
     segmentation_collate,

@@ -26,7 +26,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from cv_tasks.semantic_segmentation.datasets.errors import DatasetNotFoundError, SegmentationDataError
+from cv_tasks.semantic_segmentation.datasets.errors import (
+    DatasetNotFoundError,
+    SegmentationDataError,
+)
 from cv_tasks.semantic_segmentation.datasets.io import read_image
 from cv_tasks.semantic_segmentation.metrics import IGNORE_INDEX
 

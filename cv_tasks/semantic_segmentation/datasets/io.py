@@ -14,7 +14,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cv_tasks.semantic_segmentation.datasets.errors import DatasetNotFoundError, SegmentationDataError
+from cv_tasks.semantic_segmentation.datasets.errors import (
+    DatasetNotFoundError,
+    SegmentationDataError,
+)
 
 __all__ = ["read_image", "read_label_map", "voc_palette", "write_label_png"]
 

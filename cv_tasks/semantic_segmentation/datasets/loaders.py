@@ -41,15 +41,16 @@ def segmentation_dataloaders(train_set: Dataset, test_set: Dataset, batch_size: 
                              train_subset: Optional[int] = None, test_subset: Optional[int] = None,
                              seed: int = 0) -> Tuple[DataLoader, DataLoader]:
     """(train, test) loaders with :func:`segmentation_collate`; the train loader shuffles
-    reproducibly from ``seed``, and drops a last batch of one (BatchNorm cannot train on
-    it). ``*_subset`` keep that many random samples, for quick runs."""
+    reproducibly from ``seed``, and drops a last batch of one (BatchNorm after global
+    pooling, as in ASPP, cannot train on it) unless it is the only one. ``*_subset`` keep that many random samples, for quick runs."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     train_set = random_subset(train_set, train_subset, seed)
     common = dict(batch_size=batch_size, num_workers=num_workers, collate_fn=segmentation_collate,
                   persistent_workers=num_workers > 0)
     train = DataLoader(train_set, shuffle=True, generator=torch.Generator().manual_seed(seed),
-                       drop_last=len(train_set) % batch_size == 1, **common)  # type: ignore[arg-type]
+                       drop_last=len(train_set) % batch_size == 1 < len(train_set),  # type: ignore[arg-type]
+                       **common)
     test = DataLoader(random_subset(test_set, test_subset, seed + 1), shuffle=False, **common)
     return train, test
 

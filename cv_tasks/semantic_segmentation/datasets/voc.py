@@ -19,7 +19,10 @@ from typing import Callable, List, Optional, Tuple
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from cv_tasks.semantic_segmentation.datasets.errors import DatasetNotFoundError, SegmentationDataError
+from cv_tasks.semantic_segmentation.datasets.errors import (
+    DatasetNotFoundError,
+    SegmentationDataError,
+)
 from cv_tasks.semantic_segmentation.datasets.io import read_image, read_label_map
 from cv_tasks.semantic_segmentation.metrics import IGNORE_INDEX
 
