@@ -283,9 +283,15 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path: Path) -> None:
                   weights_path=str(tmp_path / "ckpt.pth"), **MODELS["fasterrcnn_mobilenet_v3_large_fpn"])
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         _small("fcos_mobilenet_v3_large_fpn", weights_path=str(tmp_path / "none.pth"))
-    (tmp_path / "evil.pth").write_bytes(b"garbage")
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pth")  # a pickled module refers to code: refused
     with pytest.raises(ValueError, match="weights_only=True"):
-        _small("fcos_mobilenet_v3_large_fpn", weights_path=str(tmp_path / "evil.pth"))
+        _small("fcos_mobilenet_v3_large_fpn", weights_path=str(tmp_path / "module.pth"))
+    from safetensors.torch import save_file
+
+    fcos = _small("fcos_mobilenet_v3_large_fpn")
+    save_file({k: v.contiguous() for k, v in fcos.state_dict().items()}, str(tmp_path / "fcos.safetensors"))
+    again = _small("fcos_mobilenet_v3_large_fpn", weights_path=str(tmp_path / "fcos.safetensors"))
+    assert all(torch.equal(a, b) for a, b in zip(fcos.state_dict().values(), again.state_dict().values()))
     with pytest.raises(ValueError, match="num_classes counts the background"):
         get_model("fcos_mobilenet_v3_large_fpn", num_classes=1)
 
