@@ -2,7 +2,7 @@
 the pipeline per model.
 
     python bench/bench_pose_estimation.py [--data ../shared/data/coco-keypoints] [--preset standard|small]
-        [--models simple_baseline_resnet,deeppose_resnet,keypoint_rcnn_resnet_fpn] [--threads 2] [--out bench.json]
+        [--models simple_baseline_resnet,deeppose_resnet,keypoint_rcnn_resnet_fpn] [--threads 1] [--out bench.json]
 
 ``--data`` holds ``test_coco.json`` (COCO person-keypoints format) and its ``*.jpg`` files
 (by default ``../shared/data/coco-keypoints``: 4 COCO val2017 images, 14 people). It is read
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--preset", choices=sorted(PRESETS), default="standard")
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--input-size", default="256,192", help="crop height,width (multiples of 32)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steady timings on a shared machine)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--out", type=Path, default=Path("bench_pose_estimation.json"))
     args = p.parse_args(argv)

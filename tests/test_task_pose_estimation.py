@@ -45,6 +45,15 @@ SMALL = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # one thread: on a shared 2-core machine two spinning threads per op are many times slower
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     return write_synthetic_pose_set(str(tmp_path_factory.mktemp("pose")), num_images=6, image_size=96, seed=0)
