@@ -15,7 +15,7 @@
    mAP@0.5, the default; ``coco``: mAP@[.5:.95]), latency, and the optimizer under 80 % of
    the teacher's latency and 60 % of its memory, hot-swapping the choice in.
 
-About 3 minutes of CPU time (one thread); ``--quick`` (fewer, smaller images) about 30 s.
+About 70 s on one idle CPU core (``--threads 1``); ``--quick`` (fewer, smaller images) about 15 s.
 Run from the repository root with ``PYTHONPATH=.``::
 
     python demos/object_detection_demo.py [--data PATH] [--out DIR] [--quick] [--quiet]
@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", choices=("voc", "coco"), default="voc", help="mAP@0.5 (voc) or mAP@[.5:.95] (coco)")
     p.add_argument("--epochs", type=int, default=None, help="teacher epochs (default 6, quick 3)")
     p.add_argument("--size", type=int, default=None, help="image side in pixels (default 96, quick 64)")
-    p.add_argument("--quick", action="store_true", help="a smoke run of well under a minute")
+    p.add_argument("--quick", action="store_true", help="a smoke run of about 15 s")
     p.add_argument("--quiet", action="store_true", help="print nothing, show no progress bars")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
