@@ -45,7 +45,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--models", default=None,
                    help=f"comma-separated pose models (default {','.join(DEFAULT_MODELS)}; quick: the first)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder, replaced (default {DEFAULT_OUT})")
-    p.add_argument("--epochs", type=int, default=None, help="teacher epochs (default 5; quick 1)")
+    p.add_argument("--epochs", type=int, default=None, help="teacher epochs (default 12; quick 1)")
     p.add_argument("--quick", action="store_true", help="a smoke run of about 30 s")
     p.add_argument("--quiet", action="store_true", help="print nothing, show no progress bars")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -69,7 +69,7 @@ def _data(args: argparse.Namespace, input_size: tuple[int, int], say: Any) -> tu
 
     batch = 8 if args.quick else 16
     if args.data is None:
-        n_train, n_test = (12, 6) if args.quick else (48, 16)
+        n_train, n_test = (12, 6) if args.quick else (96, 24)
         train_set = write_synthetic_pose_set(str(args.out / "data" / "train"), n_train, 96 if args.quick else 128, seed=0)
         test_set = write_synthetic_pose_set(str(args.out / "data" / "test"), n_test, 96 if args.quick else 128, seed=1)
         say(f"data: synthetic stick figures in COCO person-keypoints format, {n_train} train / {n_test} test images, "
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train_loader, test_loader, fmt, source = _data(args, input_size, say)
     metric = args.metric or ("PCKh@0.5" if fmt == "mpii" else "PCK@0.2")
     manager = PoseModelManager(metric)
-    epochs = args.epochs if args.epochs is not None else (1 if args.quick else 5)
+    epochs = args.epochs if args.epochs is not None else (1 if args.quick else 12)
     k = 16 if fmt == "mpii" else 17
     results: dict[str, Any] = {"data": source, "format": fmt, "metric": metric, "input_size": list(input_size),
                                "device": device, "models": {}}
