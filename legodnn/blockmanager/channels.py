@@ -6,7 +6,9 @@ join channels (a residual add, a depthwise conv, BatchNorm) merge atoms into one
 coupling class; a concat lays its inputs' atoms side by side; flatten repeats them. A
 class is prunable when none of its atoms is frozen: the block input and output keep
 their shapes, and any op we do not understand freezes what it touches. Pruning then
-removes whole classes, so the block stays consistent by construction.
+removes whole classes, so the block stays consistent by construction. Grouped convs and
+GroupNorm also ask for *balanced* pruning: the same number of classes goes from each of
+their groups.
 """
 
 from __future__ import annotations
@@ -100,8 +102,8 @@ class _Source:
 class PruneGroup:
     """Coupling classes that share a pruning decision: filters of one or more layers.
 
-    ``parts`` lists class indices; a grouped conv splits them into balanced parts (the
-    same number is removed from each), otherwise there is a single part.
+    ``parts`` lists class indices; a grouped conv or a GroupNorm splits them into balanced
+    parts (the same number is removed from each), otherwise there is a single part.
     """
 
     parts: List[List[int]]
@@ -245,6 +247,8 @@ class _Analyzer:
             return self.layer_source(node, m, m.out_features)
         if isinstance(m, nn.modules.batchnorm._NormBase):  # BatchNorm and InstanceNorm
             return lay
+        if isinstance(m, nn.GroupNorm):
+            return self.visit_group_norm(lay, m)
         if isinstance(m, nn.PReLU) and m.num_parameters > 1:
             return lay
         if isinstance(m, _PASSTHROUGH_MODULES) or (isinstance(m, nn.PReLU) and m.num_parameters == 1):
@@ -288,6 +292,16 @@ class _Analyzer:
         src = self.layer_source(node, m, cout)
         self.freeze(src)
         return src
+
+    def visit_group_norm(self, lay: np.ndarray, m: nn.GroupNorm) -> np.ndarray:
+        """Per channel like BatchNorm, but its statistics span contiguous groups of channels.
+
+        Rebuilt with the same ``num_groups``, the kept channels must still fall into the
+        same groups, so every group loses the same number (as for a grouped conv).
+        """
+        if m.num_groups > 1:
+            self.balanced.append(np.split(lay, m.num_groups))
+        return lay
 
     def flatten(self, node: fx.Node, lay: np.ndarray, start: int, end: int) -> Optional[np.ndarray]:
         in_shape = _shape(node.args[0])
@@ -458,7 +472,7 @@ class _Analyzer:
         )
 
     def _balanced_parts(self, classes: List[int], class_of_atom: np.ndarray) -> Optional[List[List[int]]]:
-        """Split a group's classes into the parts a grouped conv demands (None: unprunable)."""
+        """Split a group's classes into the parts a grouped conv or GroupNorm demands (None: unprunable)."""
         members = set(classes)
         constraints = []
         for chunks in self.balanced:

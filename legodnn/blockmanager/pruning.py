@@ -67,6 +67,10 @@ def kept_channels(analysis: ChannelAnalysis, plan: Mapping[str, Sequence[int]]) 
         removed[classes[mask]] = True
     if (removed & ~prunable).any():
         raise ValueError("the pruning plan removes channels that must be kept")
+    for group in analysis.groups:  # a grouped conv or GroupNorm keeps its groups, none empty
+        lost = {int(removed[part].sum()) for part in group.parts}
+        if len(lost) > 1 or any(removed[part].all() for part in group.parts):
+            raise ValueError(f"the pruning plan empties or unbalances the groups of {group.sources}")
     for src in plan:
         classes = analysis.atoms_of(src)
         expected = np.nonzero(~removed[classes])[0]
@@ -113,7 +117,10 @@ def _slice_linear(m: nn.Linear, keep_in: np.ndarray, keep_out: np.ndarray) -> No
 
 
 def _slice_channelwise(m: nn.Module, keep: np.ndarray) -> None:
-    """BatchNorm, InstanceNorm and PReLU: every per-channel tensor keeps the kept channels."""
+    """BatchNorm, InstanceNorm, GroupNorm and PReLU: every per-channel tensor keeps the kept channels.
+
+    A GroupNorm keeps its ``num_groups``: the plan took the same number from each group.
+    """
     idx = torch.as_tensor(keep, dtype=torch.long)
     for name, p in list(m.named_parameters(recurse=False)):
         setattr(m, name, nn.Parameter(p.detach()[idx.to(p.device)].clone(), requires_grad=p.requires_grad))
@@ -122,6 +129,8 @@ def _slice_channelwise(m: nn.Module, keep: np.ndarray) -> None:
             m.register_buffer(name, b[idx.to(b.device)].clone())
     if hasattr(m, "num_features"):
         m.num_features = len(keep)
+    if isinstance(m, nn.GroupNorm):
+        m.num_channels = len(keep)
     if isinstance(m, nn.PReLU):
         m.num_parameters = len(keep)
 
@@ -164,7 +173,7 @@ def build_descendant(
             _slice_conv(m, keep_in, keep_out)
         elif isinstance(m, nn.Linear):
             _slice_linear(m, keep_in, keep_out)
-        elif isinstance(m, (nn.modules.batchnorm._NormBase, nn.PReLU)):
+        elif isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.PReLU)):
             _slice_channelwise(m, keep_out)
     for node in new.graph.nodes:
         if node.name in analysis.flatten_views:  # fixed sizes in a view would break: flatten
