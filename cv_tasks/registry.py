@@ -161,5 +161,10 @@ def get_model_manager(task: str, **kwargs: Any) -> Any:
 
 
 def list_tasks() -> list[str]:
-    """Tasks that have a registered model manager (after importing their packages)."""
-    return MODEL_MANAGERS.names()
+    """Sorted names of the tasks that have registered models or a model manager.
+
+    Every name is one that :func:`get_model_manager` accepts (it imports the task's
+    package on first use).
+    """
+    tasks = {info.task for info in (MODELS.get(n) for n in MODELS.names()) if info.task}
+    return sorted(tasks | set(MODEL_MANAGERS.names()))

@@ -127,3 +127,16 @@ def test_builtin_name_cannot_be_registered_again() -> None:
     with pytest.raises(ValueError, match="already registered"):
         register_model("cifar_resnet18")(lambda num_classes=10: nn.Linear(1, num_classes))
     assert get_model_info("cifar_resnet18").builder is cv_tasks.get_model_builder("cifar_resnet18")
+
+
+def test_every_task_lists_and_builds_its_model_manager() -> None:
+    tasks = cv_tasks.list_tasks()
+    assert set(tasks) == {
+        "image_classification", "object_detection", "semantic_segmentation",
+        "pose_estimation", "action_recognition", "anomaly_detection",
+    }
+    for task in tasks:
+        manager = cv_tasks.get_model_manager(task)
+        assert isinstance(manager.metric_name, str) and manager.metric_name
+    with pytest.raises(ValueError):
+        cv_tasks.get_model_manager("no_such_task")
