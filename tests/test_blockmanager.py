@@ -257,3 +257,32 @@ def test_fcos_group_norm_towers_are_blocks() -> None:
         assert len(pruned) == 1 and {"boxes", "scores", "labels"} <= set(pruned[0])
     finally:
         torch.set_num_threads(threads)
+
+
+class _ConstantScale(nn.Module):
+    """A model whose forward builds a tensor constant, as FrozenBatchNorm2d's eps does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.c = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.b(torch.relu(self.a(x))) * torch.tensor(0.5)
+        return self.c(torch.relu(y))
+
+
+def test_tracing_leaves_the_model_untouched_and_retraces_alike(tmp_path: Path) -> None:
+    from legodnn import CommonModelManager
+
+    model = _ConstantScale().eval()
+    names = set(vars(model))
+    bm = AutoBlockManager([0.0, 0.5], model, CommonModelManager(), (1, 3, 8, 8), 1.0, "cpu")
+    assert set(vars(model)) == names  # fx's `_tensor_constant0` went to the graph only
+    bm.extract_all_blocks(tmp_path / "blocks")
+    again = AutoBlockManager([0.0, 0.5], model, CommonModelManager(), (1, 3, 8, 8), 1.0, "cpu")
+    assert again.fingerprint == bm.fingerprint
+    switcher = BlockSwitcher(tmp_path / "blocks", _ConstantScale())  # a fresh copy on the device
+    switcher.switch([0.5] * len(bm.blocks))
+    assert switcher.model(torch.rand(1, 3, 8, 8)).shape == (1, 4, 8, 8)

@@ -93,8 +93,18 @@ def _trace_one(module: nn.Module, example: torch.Tensor) -> fx.GraphModule:
     if concrete is None:
         raise TraceError(f"{type(module).__name__}.forward takes more than one required input")
     tracer = LegoTracer()
-    graph = tracer.trace(module, concrete_args=concrete or None)
-    gm = fx.GraphModule(tracer.root, graph, type(module).__name__)
+    # fx stores tensor constants (e.g. a FrozenBatchNorm's eps tensor or a torch.tensor
+    # built in forward) as new `_tensor_constant<i>` attributes *on the traced module*;
+    # left there, they would change the user's model and rename the constants of the
+    # next trace, so a retrace would no longer match the store's fingerprint.
+    before = set(vars(module))
+    try:
+        graph = tracer.trace(module, concrete_args=concrete or None)
+        gm = fx.GraphModule(tracer.root, graph, type(module).__name__)
+    finally:
+        for name in set(vars(module)) - before:
+            if name.startswith("_tensor_constant"):
+                delattr(module, name)
     # concrete_args leave guard nodes for the fixed arguments; keep only the tensor input
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     for ph in placeholders[1:]:
