@@ -157,6 +157,14 @@ def test_decoded_frames_show_the_motion(ucf: D.SyntheticVideos) -> None:
     assert centre_x(frames[0]) > centre_x(frames[1]) + 5  # frame 11 is right of frame 0
 
 
+def test_indices_past_the_end_get_the_real_last_frame(ucf: D.SyntheticVideos) -> None:
+    # a container may report more frames than it holds: past its end, the last real frame
+    video = next((ucf.root / "UCF-101" / "MoveRight").glob("*.avi"))
+    last = D.read_frames(video, [11])[0]
+    np.testing.assert_array_equal(D.read_frames(video, [0, 20])[1], last)
+    np.testing.assert_array_equal(D.read_frames(video, [30])[0], last)
+
+
 def test_ucf101_datasets(ucf: D.SyntheticVideos) -> None:
     sampler = D.ClipSampler(4, "uniform", num_clips=3)
     train, test, classes = D.ucf101_datasets(ucf.root, sampler=sampler, size=32, flip=False)

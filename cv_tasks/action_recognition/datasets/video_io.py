@@ -69,25 +69,38 @@ def read_frames(path: PathLike, indices: Sequence[int]) -> np.ndarray:
     if min(indices) < 0:
         raise ValueError(f"frame indices must be >= 0, got {min(indices)}")
     wanted = set(int(i) for i in indices)
-    last = max(wanted)
-    frames: dict[int, np.ndarray] = {}
-    latest = None
-    cap = _open(path)
-    try:
-        for i in range(last + 1):
-            if not cap.grab():
-                break
-            if i in wanted:
-                ok, frame = cap.retrieve()
-                if not ok:
-                    break
-                latest = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-                frames[i] = latest
-    finally:
-        cap.release()
-    if latest is None:
+    frames, grabbed = _decode(path, wanted)
+    if grabbed > 0 and grabbed - 1 not in frames and max(wanted) >= grabbed:
+        # the container promised more frames than it holds: the indices past its end get
+        # its real last frame, which the first pass skipped without converting
+        frames.update(_decode(path, {grabbed - 1})[0])
+    if not frames:
         raise VideoDecodeError(
             f"no frame of {path} could be decoded (zero-length or corrupt video); "
             "re-encode it or remove it from the split files"
         )
-    return np.stack([frames.get(int(i), latest) for i in indices])
+    fallback = frames[max(frames)]
+    return np.stack([frames.get(int(i), fallback) for i in indices])
+
+
+def _decode(path: PathLike, wanted: set[int]) -> tuple[dict[int, np.ndarray], int]:
+    """Decode sequentially up to ``max(wanted)``: the wanted frames (RGB) and how many
+    frames could be grabbed."""
+    import cv2
+
+    frames: dict[int, np.ndarray] = {}
+    grabbed = 0
+    cap = _open(path)
+    try:
+        for i in range(max(wanted) + 1):
+            if not cap.grab():
+                break
+            grabbed = i + 1
+            if i in wanted:
+                ok, frame = cap.retrieve()
+                if not ok:
+                    break
+                frames[i] = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+    finally:
+        cap.release()
+    return frames, grabbed
