@@ -92,6 +92,20 @@ def test_weights_path_roundtrip_and_mismatch(tmp_path):
         get_model("deeppose_resnet", weights_path=str(tmp_path / "none.pt"))
 
 
+def test_weights_without_batchnorm_counters_load(tmp_path):
+    # torchvision's released detection weights (FrozenBatchNorm2d) carry no num_batches_tracked
+    model = get_model("deeppose_resnet", **SMALL["deeppose_resnet"]).eval()
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "frozen.pt")
+    again = get_model("deeppose_resnet", weights_path=str(tmp_path / "frozen.pt"), **SMALL["deeppose_resnet"])
+    x = torch.rand(1, 3, *SIZE)
+    assert torch.equal(model(x), again.eval()(x))
+    del state[next(k for k in state if k.endswith("running_mean"))]
+    torch.save(state, tmp_path / "short.pt")
+    with pytest.raises(ValueError, match="missing"):
+        get_model("deeppose_resnet", weights_path=str(tmp_path / "short.pt"), **SMALL["deeppose_resnet"])
+
+
 def test_coco_loader_crops_and_targets(synth):
     ds = load_pose_dataset("coco", synth.coco_json, synth.image_dir, input_size=SIZE)
     assert len(ds) == 6 and ds.skipped == 0

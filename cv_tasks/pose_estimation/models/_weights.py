@@ -30,7 +30,9 @@ def load_checkpoint(model: nn.Module, path: str) -> nn.Module:
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
+    # BatchNorm fills a missing step counter itself: torchvision's released detection
+    # weights (FrozenBatchNorm2d) have none, and still fit a model with plain BatchNorm
+    missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))
     unexpected = sorted(set(state) - set(own))
     shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or shapes:
@@ -39,5 +41,5 @@ def load_checkpoint(model: nn.Module, path: str) -> nn.Module:
             f"{unexpected[:3]}, shape mismatch {shapes[:3]} (and {max(0, len(missing) + len(unexpected) + len(shapes) - 9)} more); "
             "build the model with the options (num_joints, width, depth) it was trained with"
         )
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=False)  # exactly the missing counters, checked above
     return model
