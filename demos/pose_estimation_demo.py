@@ -1,7 +1,7 @@
 """Pose estimation end to end: train a small teacher briefly, then run every legodnn stage.
 
     python demos/pose_estimation_demo.py                 # synthetic stick figures (no download)
-    python demos/pose_estimation_demo.py --quick --quiet # a ~30 s smoke run
+    python demos/pose_estimation_demo.py --quick --quiet # a ~10 s smoke run
     python demos/pose_estimation_demo.py --data person_keypoints_val2017.json --images val2017/
     python demos/pose_estimation_demo.py --data mpii_valid.json --images mpii/images/ --metric PCKh@0.5
 
@@ -46,7 +46,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help=f"comma-separated pose models (default {','.join(DEFAULT_MODELS)}; quick: the first)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder, replaced (default {DEFAULT_OUT})")
     p.add_argument("--epochs", type=int, default=None, help="teacher epochs (default 12; quick 1)")
-    p.add_argument("--quick", action="store_true", help="a smoke run of about 30 s")
+    p.add_argument("--quick", action="store_true", help="a smoke run of about 10 s")
     p.add_argument("--quiet", action="store_true", help="print nothing, show no progress bars")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
