@@ -32,7 +32,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from cv_tasks import get_model, get_model_manager
-from cv_tasks.anomaly_detection.datasets import MVTecAD, digits_one_class_dataloaders, mvtec_dataloaders
+from cv_tasks.anomaly_detection.datasets import (
+    MVTecAD,
+    digits_one_class_dataloaders,
+    mvtec_dataloaders,
+)
 from cv_tasks.anomaly_detection.metrics import pixel_roc_auc, roc_auc
 from cv_tasks.anomaly_detection.synthetic import write_synthetic_mvtec
 from cv_tasks.anomaly_detection.train import train_anomaly_model

@@ -30,8 +30,15 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, TensorDataset
 
 from cv_tasks import get_model
-from legodnn import AutoBlockManager, BlockProfiler, Budget, CommonModelManager, LatencyEstimator, OnDeviceRuntime
-from legodnn import ScalingOptimizer
+from legodnn import (
+    AutoBlockManager,
+    BlockProfiler,
+    Budget,
+    CommonModelManager,
+    LatencyEstimator,
+    OnDeviceRuntime,
+    ScalingOptimizer,
+)
 
 SIZE = (1, 3, 32, 32)
 SPARSITIES = [0.0, 0.3, 0.6, 0.8]

@@ -47,7 +47,12 @@ from torch.utils.data import DataLoader
 
 import cv_tasks
 from cv_tasks.image_classification import datasets
-from cv_tasks.image_classification.train import evaluate, load_weights, save_weights, train_classifier
+from cv_tasks.image_classification.train import (
+    evaluate,
+    load_weights,
+    save_weights,
+    train_classifier,
+)
 from legodnn import (
     AutoBlockManager,
     BlockProfiler,

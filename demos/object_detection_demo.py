@@ -11,7 +11,8 @@
    stays near mAP 0, so it is opt-in) is trained from scratch, or loaded with ``--weights``
    (a checkpoint of the standard architecture, with the data set's number of classes).
 3. **Pipeline.** ``cv_tasks.pipeline.run_pipeline``: blocks from the traceable parts
-   (backbone, box head), descendants, retraining, profiling with mAP (``--metric voc``:
+   (the backbone with its FPN; Faster R-CNN's box head, FCOS's classification and
+   regression towers), descendants, retraining, profiling with mAP (``--metric voc``:
    mAP@0.5, the default; ``coco``: mAP@[.5:.95]), latency, and the optimizer under 80 % of
    the teacher's latency and 60 % of its memory, hot-swapping the choice in.
 

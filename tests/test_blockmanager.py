@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from zoo import MODELS, RATIOS, build, flat_outputs
 
 from legodnn import AutoBlockManager, BlockSwitcher
 from legodnn.blockmanager.measure import count_bytes, count_flops, count_params
 from legodnn.blockmanager.store import BlockStore
-
-from zoo import MODELS, RATIOS, build, flat_outputs
 
 SPARSITIES = [0.0, 0.3, 0.6, 0.8]
 FAST = [n for n in MODELS if n not in ("tv_resnet50", "frcnn_mobilenet_v3")]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from zoo import build
 
 import legodnn.blockmanager.auto_block_manager as abm_module
 from legodnn import (
@@ -23,8 +24,6 @@ from legodnn import (
     StoreError,
     TraceError,
 )
-
-from zoo import build
 
 SIZE = (1, 3, 32, 32)
 SPARSITIES = [0.0, 0.3, 0.6, 0.8]

@@ -29,7 +29,11 @@ from cv_tasks.image_classification.datasets import (
     cifar100_dataloaders,
     load_pickle,
 )
-from cv_tasks.image_classification.datasets.transforms import Normalize, RandomCrop, RandomHorizontalFlip
+from cv_tasks.image_classification.datasets.transforms import (
+    Normalize,
+    RandomCrop,
+    RandomHorizontalFlip,
+)
 
 PER_BATCH = 4  # images in each CIFAR-10 training batch file (the real ones hold 10,000)
 N_TEST = 6

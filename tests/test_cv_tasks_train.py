@@ -13,7 +13,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import cv_tasks
 from cv_tasks.image_classification import train as train_module
-from cv_tasks.image_classification.train import evaluate, load_weights, save_weights, train_classifier, warmup_cosine
+from cv_tasks.image_classification.train import (
+    evaluate,
+    load_weights,
+    save_weights,
+    train_classifier,
+    warmup_cosine,
+)
 from legodnn import CommonModelManager
 
 

@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+from zoo import build
 
 from legodnn import AutoBlockManager, BlockSwitcher, CommonModelManager, LegoDNNError, StoreError
 from legodnn.errors import FingerprintMismatchError
 from legodnn.model_manager import AbstractModelManager
 from legodnn.offline import BlockProfiler, BlockRetrainer, ModelProfile
-
-from zoo import build
 
 SIZE = (1, 3, 32, 32)
 SPARSITIES = [0.0, 0.4, 0.8]

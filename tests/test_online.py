@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+from zoo import build
 
 from legodnn import (
     AutoBlockManager,
@@ -28,8 +28,6 @@ from legodnn import (
 )
 from legodnn.online.cli import main as cli_main
 from legodnn.online.runtime import memory_budget_source
-
-from zoo import build
 
 SIZE = (1, 3, 32, 32)
 SPARSITIES = [0.0, 0.4, 0.8]
@@ -252,7 +250,6 @@ def test_cli_serves(pipeline, capsys: pytest.CaptureFixture) -> None:
 
 def test_accuracy_models(pipeline) -> None:
     path, model, mm, bm, _ = pipeline
-    import math
 
     from legodnn import ModelProfile
 

@@ -16,7 +16,7 @@ from typing import Iterator, List, Optional
 import numpy as np
 import pytest
 
-from legodnn.online import mckp_search, solver
+from legodnn.online import mckp_search
 from legodnn.online.solver import REL_TOL, ScalingProblem, Solution, brute_force, cheapest, solve
 
 FRACTIONS = (0.0, 0.3, 0.5, 0.7, 1.0)  # of the way from the cheapest to the dearest configuration

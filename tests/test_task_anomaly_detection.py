@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -18,8 +17,17 @@ from cv_tasks.anomaly_detection.datasets import (
     imagefolder_one_class_dataloaders,
     mvtec_dataloaders,
 )
-from cv_tasks.anomaly_detection.errors import AnomalyDatasetError, DatasetNotFoundError, UndefinedMetricError
-from cv_tasks.anomaly_detection.metrics import AUROCAccumulator, average_ranks, pixel_roc_auc, roc_auc
+from cv_tasks.anomaly_detection.errors import (
+    AnomalyDatasetError,
+    DatasetNotFoundError,
+    UndefinedMetricError,
+)
+from cv_tasks.anomaly_detection.metrics import (
+    AUROCAccumulator,
+    average_ranks,
+    pixel_roc_auc,
+    roc_auc,
+)
 from cv_tasks.anomaly_detection.model_manager import AnomalyModelManager
 from cv_tasks.anomaly_detection.scoring import split_output
 from cv_tasks.anomaly_detection.synthetic import DEFECTS, write_synthetic_mvtec
@@ -282,7 +290,7 @@ def test_weights_path(name: str, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         get_model(name, **SMALL[name], weights_path=str(tmp_path / "missing.pt"))
     torch.save(model, tmp_path / "module.pt")  # a pickled module: code, refused
-    with pytest.raises(ValueError, match="weights-only"):
+    with pytest.raises(ValueError, match="weights_only=True"):
         get_model(name, **SMALL[name], weights_path=str(tmp_path / "module.pt"))
 
 

@@ -210,6 +210,10 @@ def test_voc_difficult_and_duplicates() -> None:
     mean, per_class = voc_map([_p([[1, 0, 11, 10]], [0.9], [1])], gt, per_class=True)
     assert mean == 1.0 and per_class == {1: pytest.approx(1.0)}
     assert voc_map([_p([[1, 0, 11, 10]], [0.9], [1])], gt, iou_threshold=0.9) == 0.0
+    # COCO crowd boxes count as difficult: a loader's COCO targets score alike under both metrics
+    crowd = [_t([[0, 0, 10, 10], [20, 20, 30, 30]], [1, 1], iscrowd=torch.tensor([0, 1]))]
+    assert voc_map([_p([[20, 20, 30, 30], [0, 0, 10, 10]], [0.9, 0.8], [1, 1])], crowd) == pytest.approx(1.0)
+    assert voc_map([_p([[0, 0, 10, 10]], [0.8], [1])], crowd) == pytest.approx(1.0)
     assert average_precision(torch.tensor([0.5, 0.5, 1.0]), torch.tensor([1.0, 0.5, 2 / 3])) == pytest.approx(
         0.5 * 1.0 + 0.5 * (2 / 3))
 

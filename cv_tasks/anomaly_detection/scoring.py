@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any, Optional, Tuple
 
-import torch
 from torch import Tensor
 
 __all__ = ["image_scores", "split_output"]

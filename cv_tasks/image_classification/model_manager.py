@@ -1,8 +1,8 @@
 """The classification model manager, registered for the task: ``CommonModelManager``
 already is it (``(data, target)`` batches, top-1 accuracy)."""
 
-from legodnn.model_manager import CommonModelManager
 from cv_tasks.registry import MODEL_MANAGERS
+from legodnn.model_manager import CommonModelManager
 
 __all__ = ["CommonModelManager"]
 

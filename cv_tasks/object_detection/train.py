@@ -53,7 +53,7 @@ def train_detector(model: nn.Module, loader: Iterable[Any], epochs: int = 1, lr:
             step += 1
             total += float(loss.detach())
             n += 1
-            bar.set_postfix(loss=f"{total / (n + 1):.3f}")
+            bar.set_postfix(loss=f"{total / n:.3f}")
             if max_steps and step >= max_steps:
                 break
         history.append(total / max(n, 1))

@@ -15,12 +15,12 @@ from ..errors import InvalidSparsityError, LegoDNNError, NoBlocksError, StoreErr
 from ..version import __version__
 from .channels import ChannelAnalysis, analyze_channels
 from .fingerprint import architecture_fingerprint
+from .loading import load_descendant
 from .measure import count_bytes, count_flops, count_params
 from .partition import Partition, extract_block
 from .pruning import build_descendant, plan_pruning
 from .regions import Region, find_candidate_regions, select_regions
 from .specs import BlockSpec, DescendantSpec
-from .loading import load_descendant
 from .store import FORMAT_VERSION, BlockStore, StoreWriter, sparsity_tag
 from .tracing import CONV_TYPES, TracedPart, trace_model
 

@@ -10,7 +10,6 @@ import copy
 from typing import Tuple
 
 import torch
-
 from torch import fx, nn
 
 from ..errors import CorruptedStoreError

@@ -17,8 +17,7 @@ import bisect
 from dataclasses import dataclass
 from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Set
 
-import torch
-from torch import fx, nn
+from torch import fx
 
 from .tracing import CONV_TYPES, PRUNABLE_TYPES
 

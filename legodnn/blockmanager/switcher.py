@@ -16,16 +16,15 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-import torch
 from torch import nn
 
 from ..errors import CorruptedStoreError, InvalidSparsityError
 from .auto_block_manager import dummy_runner
 from .channels import analyze_channels
 from .fingerprint import architecture_fingerprint
+from .loading import load_descendant, load_state_into
 from .measure import count_bytes
 from .partition import Partition, replace_modules
-from .loading import load_descendant, load_state_into
 from .store import BlockStore
 from .tracing import trace_model
 

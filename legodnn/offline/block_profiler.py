@@ -21,7 +21,7 @@ from torch import fx, nn
 from tqdm.auto import tqdm
 
 from ..blockmanager.auto_block_manager import AutoBlockManager
-from ..blockmanager.measure import count_bytes, count_params
+from ..blockmanager.measure import count_bytes
 from ..blockmanager.partition import BLOCK_PREFIX
 from ..blockmanager.store import atomic_write_text
 from ..errors import LegoDNNError

@@ -7,7 +7,7 @@ import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Tuple, Union
+from typing import Any, Dict, Tuple, Union
 
 from ..blockmanager.store import atomic_write_text
 from ..errors import StoreError

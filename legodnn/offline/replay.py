@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any, Dict, Set
 
-import torch
 from torch import fx, nn
 
 __all__ = ["RecordingRun", "ReplayFrom"]

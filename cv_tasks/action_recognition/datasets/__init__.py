@@ -4,8 +4,16 @@ Importing this needs torch and numpy only; OpenCV is imported when a video is re
 """
 
 from cv_tasks.action_recognition.datasets.dataset import ClipSampler, VideoClipDataset
-from cv_tasks.action_recognition.datasets.errors import DatasetNotFoundError, SplitFileError, VideoDecodeError
-from cv_tasks.action_recognition.datasets.loaders import hmdb51_datasets, ucf101_datasets, video_dataloaders
+from cv_tasks.action_recognition.datasets.errors import (
+    DatasetNotFoundError,
+    SplitFileError,
+    VideoDecodeError,
+)
+from cv_tasks.action_recognition.datasets.loaders import (
+    hmdb51_datasets,
+    ucf101_datasets,
+    video_dataloaders,
+)
 from cv_tasks.action_recognition.datasets.sampling import segment_indices, uniform_indices
 from cv_tasks.action_recognition.datasets.splits import (
     VideoSample,
@@ -13,8 +21,16 @@ from cv_tasks.action_recognition.datasets.splits import (
     read_ucf101_class_index,
     read_ucf101_split,
 )
-from cv_tasks.action_recognition.datasets.synthetic import DIRECTIONS, SyntheticVideos, write_synthetic_videos
-from cv_tasks.action_recognition.datasets.transforms import KINETICS_MEAN, KINETICS_STD, ClipTransform
+from cv_tasks.action_recognition.datasets.synthetic import (
+    DIRECTIONS,
+    SyntheticVideos,
+    write_synthetic_videos,
+)
+from cv_tasks.action_recognition.datasets.transforms import (
+    KINETICS_MEAN,
+    KINETICS_STD,
+    ClipTransform,
+)
 from cv_tasks.action_recognition.datasets.video_io import count_frames, read_frames
 
 __all__ = [

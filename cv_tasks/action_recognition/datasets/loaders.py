@@ -16,7 +16,11 @@ from torch.utils.data import DataLoader
 
 from cv_tasks.action_recognition.datasets.dataset import ClipSampler, VideoClipDataset
 from cv_tasks.action_recognition.datasets.errors import DatasetNotFoundError
-from cv_tasks.action_recognition.datasets.splits import VideoSample, read_hmdb51_split, read_ucf101_split
+from cv_tasks.action_recognition.datasets.splits import (
+    VideoSample,
+    read_hmdb51_split,
+    read_ucf101_split,
+)
 from cv_tasks.action_recognition.datasets.transforms import ClipTransform
 
 __all__ = ["hmdb51_datasets", "ucf101_datasets", "video_dataloaders"]

@@ -62,7 +62,6 @@ def read_frames(path: PathLike, indices: Sequence[int]) -> np.ndarray:
     skips. Containers sometimes report more frames than they hold: an index past the last
     decodable frame gets the last frame. Raises ``VideoDecodeError`` if none decodes.
     """
-    import cv2
 
     if len(indices) == 0:
         raise ValueError("indices is empty; ask for at least one frame")

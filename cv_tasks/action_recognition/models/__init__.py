@@ -1,9 +1,9 @@
 """Action-recognition models; importing this registers them (torch only, no torchvision)."""
 
-from cv_tasks.action_recognition.models._weights import load_weights_file
 from cv_tasks.action_recognition.models.c3d import C3DTiny, c3d_tiny
 from cv_tasks.action_recognition.models.tsn import TSNResNet, tsn_resnet18
 from cv_tasks.action_recognition.models.video_resnet import VideoResNet, r2plus1d_18, r3d_18
+from cv_tasks.checkpoints import load_checkpoint as load_weights_file
 
 __all__ = [
     "C3DTiny",

@@ -11,8 +11,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from cv_tasks.action_recognition.models._weights import load_weights_file
-
+from cv_tasks.checkpoints import load_checkpoint as load_weights_file
 from cv_tasks.registry import register_model
 
 __all__ = ["BasicBlock3d", "C3DTiny", "Conv3dBNReLU", "c3d_tiny"]

@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 
 from torch import Tensor, nn
 
-from cv_tasks.action_recognition.models._weights import load_weights_file
+from cv_tasks.checkpoints import load_checkpoint as load_weights_file
 from cv_tasks.image_classification.models.resnet import BasicBlock
 from cv_tasks.registry import register_model
 

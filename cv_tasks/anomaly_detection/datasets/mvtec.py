@@ -24,7 +24,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from cv_tasks.anomaly_detection.errors import AnomalyDatasetError, DatasetNotFoundError, UndefinedMetricError
+from cv_tasks.anomaly_detection.errors import (
+    AnomalyDatasetError,
+    DatasetNotFoundError,
+    UndefinedMetricError,
+)
 
 __all__ = ["IMAGE_SUFFIXES", "MVTecAD", "list_images"]
 

@@ -5,7 +5,7 @@ scores), so the score is part of the model legodnn cuts into blocks and hot-swap
 """
 
 from cv_tasks.anomaly_detection.models.autoencoder import ConvAutoencoder, conv_autoencoder
-from cv_tasks.anomaly_detection.models.checkpoint import load_checkpoint
 from cv_tasks.anomaly_detection.models.rotnet import RotationResNet, rotation_resnet
+from cv_tasks.checkpoints import load_checkpoint
 
 __all__ = ["ConvAutoencoder", "RotationResNet", "conv_autoencoder", "load_checkpoint", "rotation_resnet"]

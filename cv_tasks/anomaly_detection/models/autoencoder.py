@@ -19,8 +19,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from cv_tasks.anomaly_detection.models.checkpoint import load_checkpoint
 from cv_tasks.anomaly_detection.models.input_checks import check_images
+from cv_tasks.checkpoints import load_checkpoint
 from cv_tasks.registry import register_model
 
 # fx records the check as one call on the input (it patches this module's globals while tracing)

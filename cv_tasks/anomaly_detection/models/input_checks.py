@@ -8,7 +8,6 @@ runs in the traced model, every block composition and the hot-swapped model too.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 __all__ = ["check_images"]

@@ -24,8 +24,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from cv_tasks.anomaly_detection.models.checkpoint import load_checkpoint
 from cv_tasks.anomaly_detection.models.input_checks import check_images
+from cv_tasks.checkpoints import load_checkpoint
 from cv_tasks.image_classification.models.resnet import CifarResNet
 from cv_tasks.registry import register_model
 

@@ -24,7 +24,11 @@ from cv_tasks.image_classification.datasets.digits import (
     load_digits_images,
 )
 from cv_tasks.image_classification.datasets.errors import DatasetNotFoundError, UnsafePickleError
-from cv_tasks.image_classification.datasets.imagefolder import IMAGENET_MEAN, IMAGENET_STD, imagefolder_dataloaders
+from cv_tasks.image_classification.datasets.imagefolder import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    imagefolder_dataloaders,
+)
 from cv_tasks.image_classification.datasets.loaders import make_dataloaders, random_subset
 from cv_tasks.image_classification.datasets.safe_pickle import RestrictedUnpickler, load_pickle
 

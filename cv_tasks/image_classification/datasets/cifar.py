@@ -25,7 +25,12 @@ from torch.utils.data import DataLoader, Dataset
 from cv_tasks.image_classification.datasets.errors import DatasetNotFoundError
 from cv_tasks.image_classification.datasets.loaders import make_dataloaders
 from cv_tasks.image_classification.datasets.safe_pickle import load_pickle
-from cv_tasks.image_classification.datasets.transforms import Compose, Normalize, RandomCrop, RandomHorizontalFlip
+from cv_tasks.image_classification.datasets.transforms import (
+    Compose,
+    Normalize,
+    RandomCrop,
+    RandomHorizontalFlip,
+)
 
 __all__ = [
     "CIFAR10",

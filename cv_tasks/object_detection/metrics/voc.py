@@ -7,6 +7,7 @@ whose best match is a "difficult" box counts as neither, and difficult boxes are
 in the recall denominator. AP is the area under the precision envelope (precision made
 monotone from the right) over all recall points. mAP averages the classes that have
 at least one non-difficult ground-truth box; detections of other classes are ignored.
+COCO crowd boxes (``iscrowd``), when the targets carry them, are treated as difficult.
 Box areas are continuous ``(x2 - x1) * (y2 - y1)``, as in COCO (the devkit adds one pixel).
 """
 
@@ -46,8 +47,9 @@ def _class_ap(pairs: List[tuple], label: int, iou_threshold: float) -> float:
     npos = 0
     for img, (pred, tgt) in enumerate(pairs):
         keep = tgt["labels"] == label
-        gts.append((tgt["boxes"][keep], tgt["difficult"][keep]))
-        npos += int((~tgt["difficult"][keep]).sum())
+        ignored = (tgt["difficult"] | tgt["iscrowd"])[keep]
+        gts.append((tgt["boxes"][keep], ignored))
+        npos += int((~ignored).sum())
         sel = pred["labels"] == label
         dets.extend((float(s), img, b) for s, b in zip(pred["scores"][sel], pred["boxes"][sel]))
     dets.sort(key=lambda d: -d[0])  # stable: ties keep image order
@@ -89,7 +91,7 @@ def voc_map(
     if not 0.0 < iou_threshold <= 1.0:
         raise ValueError(f"iou_threshold must lie in (0, 1], got {iou_threshold}")
     pairs = checked_pairs(predictions, targets)
-    labels = sorted({int(l) for _, t in pairs for l in t["labels"][~t["difficult"]]})
+    labels = sorted({int(l) for _, t in pairs for l in t["labels"][~(t["difficult"] | t["iscrowd"])]})
     if not labels:
         raise ValueError("the targets hold no (non-difficult) box, so no AP can be computed; "
                          "evaluate on images with annotations")

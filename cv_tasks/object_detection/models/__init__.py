@@ -3,13 +3,13 @@
 Only torch is imported here: the builders import torchvision when called.
 """
 
+from cv_tasks.checkpoints import load_checkpoint
 from cv_tasks.object_detection.models.faster_rcnn import (
     fasterrcnn_mobilenet_v3_large_fpn,
     fasterrcnn_resnet18_fpn,
     fasterrcnn_resnet50_fpn,
 )
 from cv_tasks.object_detection.models.fcos import fcos_mobilenet_v3_large_fpn
-from cv_tasks.object_detection.models.weights import load_checkpoint
 
 __all__ = [
     "fasterrcnn_mobilenet_v3_large_fpn",

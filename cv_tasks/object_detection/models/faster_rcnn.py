@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from torch import nn
 
-from cv_tasks.object_detection.models.weights import load_checkpoint
+from cv_tasks.checkpoints import load_checkpoint
 from cv_tasks.registry import register_model
 
 __all__ = ["fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_resnet18_fpn", "fasterrcnn_resnet50_fpn"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from cv_tasks.pose_estimation.models._weights import load_checkpoint
+from cv_tasks.checkpoints import load_checkpoint
 from cv_tasks.pose_estimation.models.backbone import ResNetTrunk
 from cv_tasks.registry import register_model
 

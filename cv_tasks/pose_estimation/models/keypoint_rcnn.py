@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from cv_tasks.pose_estimation.models._weights import load_checkpoint
+from cv_tasks.checkpoints import load_checkpoint
 from cv_tasks.pose_estimation.models.backbone import ResNetTrunk
 from cv_tasks.registry import register_model
 

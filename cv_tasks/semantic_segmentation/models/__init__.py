@@ -1,7 +1,7 @@
 """Semantic-segmentation models; importing this registers them (torch only: the
 torchvision-based builders import torchvision when called)."""
 
-from cv_tasks.semantic_segmentation.models.checkpoint import load_checkpoint
+from cv_tasks.checkpoints import load_checkpoint
 from cv_tasks.semantic_segmentation.models.encoder_decoder import (
     TinyEncoderDecoder,
     tiny_encoder_decoder,

@@ -14,8 +14,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from cv_tasks.checkpoints import load_checkpoint
 from cv_tasks.registry import register_model
-from cv_tasks.semantic_segmentation.models.checkpoint import load_checkpoint
 
 __all__ = ["ConvBNReLU", "UpBlock", "TinyEncoderDecoder", "tiny_encoder_decoder"]
 

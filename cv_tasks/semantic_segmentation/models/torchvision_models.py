@@ -14,9 +14,9 @@ from typing import Optional, Sequence
 
 from torch import nn
 
+from cv_tasks.checkpoints import load_checkpoint
 from cv_tasks.registry import register_model
 from cv_tasks.semantic_segmentation.models.backbones import ResNetTrunk, mobilenet_v3_large_features
-from cv_tasks.semantic_segmentation.models.checkpoint import load_checkpoint
 from cv_tasks.semantic_segmentation.models.segmenter import LiteSegmenter, Segmenter
 
 __all__ = [
@@ -40,7 +40,10 @@ def _channels(base: int, mult: float) -> int:
 
 
 def _finish(model: nn.Module, weights_path: Optional[str]) -> nn.Module:
-    return load_checkpoint(model, weights_path) if weights_path is not None else model
+    if weights_path is None:
+        return model
+    # torchvision's checkpoints carry the auxiliary head, which only adds a training loss
+    return load_checkpoint(model, weights_path, drop_prefixes=("aux_classifier.",))
 
 
 def _check_classes(num_classes: int) -> None:
