@@ -168,7 +168,7 @@ def describe(report: PipelineReport, name: Optional[str] = None) -> str:
         f"{1e3 * report.teacher_latency_s:.1f} ms, {report.teacher_bytes / 1e6:.2f} MB\n"
         f"  budget {1e3 * report.budget['max_latency_s']:.1f} ms / {report.budget['max_memory_bytes'] / 1e6:.2f} MB"
         f" -> sparsities {c['sparsities']} ({'feasible' if c['feasible'] else 'closest, infeasible'}), "
-        f"est. {report.metric_name} {c['estimated_metric'] + 0.0:.4f}, {1e3 * c['estimated_latency_s']:.1f} ms, "
+        f"est. {report.metric_name} {round(c['estimated_metric'], 6) + 0.0:.4f}, {1e3 * c['estimated_latency_s']:.1f} ms, "
         f"{c['model_bytes'] / 1e6:.2f} MB; {c['blocks_swapped']} block{'' if c['blocks_swapped'] == 1 else 's'} swapped in {1e3 * c['swap_seconds']:.2f} ms\n"
         f"  wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items())
     )

@@ -181,6 +181,8 @@ def test_one_class_digits() -> None:
     assert images.shape == (64, 3, 32, 32) and set(labels.tolist()) <= {0, 1}
     with pytest.raises(ValueError, match="digit 0-9"):
         digits_one_class_dataloaders(normal_class=10)
+    with pytest.raises(UndefinedMetricError, match="single class"):  # one test digit: anomalous or not
+        digits_one_class_dataloaders(normal_class=3, test_subset=1)
     with pytest.raises(ValueError, match="do not occur"):
         OneClassDataset(train.dataset, [42])
     plain = torch.utils.data.TensorDataset(torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 1, 2]))  # no .targets

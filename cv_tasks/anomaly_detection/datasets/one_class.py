@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from cv_tasks.anomaly_detection.errors import DatasetNotFoundError, UndefinedMetricError
 from cv_tasks.image_classification.datasets.loaders import make_dataloaders
@@ -69,7 +69,15 @@ def digits_one_class_dataloaders(
         raise ValueError(f"normal_class must be a digit 0-9, got {normal_class}")
     train = OneClassDataset(Digits(train=True, seed=seed, image_size=image_size), [normal_class], normal_only=True)
     test = OneClassDataset(Digits(train=False, seed=seed, image_size=image_size), [normal_class])
-    return make_dataloaders(train, test, batch_size, 0, train_subset, test_subset, seed)
+    loaders = make_dataloaders(train, test, batch_size, 0, train_subset, test_subset, seed)
+    subset = loaders[1].dataset  # a random Subset of `test` when test_subset is given
+    labels = [test.labels[i] for i in subset.indices] if isinstance(subset, Subset) else test.labels
+    if len(set(labels)) < 2:
+        raise UndefinedMetricError(
+            f"test_subset={test_subset} drew a single class from the digits test set, so AUROC is "
+            "undefined; use a larger test_subset (36 of the 359 test digits are normal) or another seed"
+        )
+    return loaders
 
 
 def imagefolder_one_class_dataloaders(
