@@ -47,6 +47,9 @@ class PipelineReport:
     chosen: Dict[str, Any]  # sparsities, estimated metric/latency/bytes, swap cost
     live_output_ok: bool  # the hot-swapped model ran on the task's input
     seconds: Dict[str, float] = field(default_factory=dict)  # wall time per stage
+    # the latency estimate against measured random compositions (share within +-10%,
+    # mean relative error); empty when too few compositions were measured to hold some out
+    latency_error: Dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> Dict[str, Any]:
         return asdict(self)
@@ -142,6 +145,8 @@ def run_pipeline(
         },
         live_output_ok=_finite(output),
         seconds=seconds,
+        latency_error={k: float(latency.validation[k]) for k in ("n", "within_10pct", "mean_abs_rel_error")
+                       if k in latency.validation},
     )
 
 
@@ -171,4 +176,12 @@ def describe(report: PipelineReport, name: Optional[str] = None) -> str:
         f"est. {report.metric_name} {round(c['estimated_metric'], 6) + 0.0:.4f}, {1e3 * c['estimated_latency_s']:.1f} ms, "
         f"{c['model_bytes'] / 1e6:.2f} MB; {c['blocks_swapped']} block{'' if c['blocks_swapped'] == 1 else 's'} swapped in {1e3 * c['swap_seconds']:.2f} ms\n"
         f"  wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items())
+        + _latency_line(report.latency_error)
     )
+
+
+def _latency_line(err: Dict[str, float]) -> str:
+    if not err:
+        return ""
+    return (f"\n  latency estimate: {100 * err['within_10pct']:.0f}% of {int(err['n'])} held-out compositions "
+            f"within +-10%, mean error {100 * err['mean_abs_rel_error']:.1f}%")

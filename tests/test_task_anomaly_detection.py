@@ -32,7 +32,7 @@ from cv_tasks.anomaly_detection.model_manager import AnomalyModelManager
 from cv_tasks.anomaly_detection.scoring import split_output
 from cv_tasks.anomaly_detection.synthetic import DEFECTS, write_synthetic_mvtec
 from cv_tasks.anomaly_detection.train import train_anomaly_model
-from cv_tasks.pipeline import run_pipeline
+from cv_tasks.pipeline import describe, run_pipeline
 
 # small variants of each registered model, for CPU tests
 SMALL = {
@@ -376,6 +376,9 @@ def test_pipeline(name: str, mvtec_root: Path, tmp_path: Path) -> None:
         assert chosen["model_bytes"] > report.budget["max_memory_bytes"] \
             or chosen["estimated_latency_s"] > report.budget["max_latency_s"]
     assert set(report.seconds) == {"extract", "retrain", "profile", "latency", "optimize"}
+    err = report.latency_error  # num_compositions more fit the calibration; these 2 are held out
+    assert err["n"] == 2 and 0.0 <= err["within_10pct"] <= 1.0 and err["mean_abs_rel_error"] >= 0.0
+    assert "held-out compositions within +-10%" in describe(report, name)
 
 
 @pytest.mark.slow
