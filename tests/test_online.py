@@ -268,3 +268,60 @@ def test_accuracy_models(pipeline) -> None:
         assert r.sparsities == tuple(0.0 for _ in bm.block_names)  # no budget: the teacher, never noise
     with pytest.raises(ValueError, match="accuracy_model"):
         ScalingOptimizer(str(path), SIZE, bm, mm, "cpu", accuracy_model="magic")
+
+
+class _SharedTower(torch.nn.Module):
+    """A tower run once per pyramid level, as a detector head's is: a block called 3x a forward.
+
+    The data-dependent branch keeps fx from tracing the whole model, so the stem and the
+    tower are traced as parts of their own (as torchvision's detectors are).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        conv = torch.nn.Conv2d
+        self.stem = torch.nn.Sequential(conv(3, 8, 3, padding=1), torch.nn.ReLU(), conv(8, 8, 3, padding=1))
+        self.tower = torch.nn.Sequential(conv(8, 16, 3, padding=1), torch.nn.ReLU(), conv(16, 8, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.stem(x)
+        levels = [f, torch.nn.functional.avg_pool2d(f, 2), torch.nn.functional.avg_pool2d(f, 4)]
+        out = torch.cat([self.tower(level).mean((2, 3)) for level in levels], 1)
+        return out if float(out.abs().sum()) >= 0 else -out
+
+
+def test_latency_sums_the_calls_of_a_block_run_several_times(tmp_path: Path, monkeypatch) -> None:
+    from legodnn.online import latency as latency_module
+
+    model, mm = _SharedTower().eval(), CommonModelManager()
+    bm = AutoBlockManager([0.0, 0.5], model, mm, SIZE, 1.0, verbose=False)
+    bm.extract_all_blocks(str(tmp_path / "blocks"))
+
+    def one_second_per_call(self, x):  # a stopwatch whose every call takes exactly 1 s
+        out = self.block(x)
+        self.log.append((self.key, 1.0))
+        return out
+
+    monkeypatch.setattr(latency_module._Stopwatch, "forward", one_second_per_call)
+    profile = LatencyEstimator(bm, mm, str(tmp_path / "blocks"), 3, SIZE, "cpu", method="in_situ",
+                               verbose=False).profile_all_blocks(num_compositions=0)
+    per_block = {row.block: row.latency_s for row in profile.blocks}
+    calls = {n: 0 for n in bm.block_names}
+    hooks = [bm.get_block(n).register_forward_hook(lambda *_, n=n: calls.__setitem__(n, calls[n] + 1))
+             for n in bm.block_names]
+    try:
+        with torch.no_grad():
+            bm.compose({n: bm.get_block(n) for n in bm.block_names})(torch.rand(SIZE))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert sorted(calls.values()) == [1, 3]  # the stem's block once, the tower's once per level
+    for name, n_calls in calls.items():
+        assert per_block[name] == pytest.approx(float(n_calls)), name
+
+    # isolated: the block is timed on the input of each of its calls (one second each here)
+    monkeypatch.setattr(LatencyEstimator, "time_modules", lambda self, modules: [1.0] * len(modules))
+    isolated = LatencyEstimator(bm, mm, str(tmp_path / "blocks"), 3, SIZE, "cpu", method="isolated",
+                                verbose=False).profile_all_blocks(num_compositions=0)
+    for row in isolated.blocks:
+        assert row.latency_s == pytest.approx(float(calls[row.block])), row.block

@@ -379,9 +379,15 @@ class LatencyEstimator:
         composed: Sequence[nn.Module],
     ) -> Tuple[List[BlockLatency], float, float, List[float]]:
         """Each descendant alone on random input of its recorded shape, then the teacher,
-        the frame (every block replaced by its recorded output) and the ``composed`` models."""
+        the frame (every block replaced by its recorded output) and the ``composed`` models.
+
+        A block that runs several times in one forward (a detector head's tower, once per
+        FPN level) is timed on the input shape of each of its calls, and the times add up.
+        """
         bm = self.block_manager
-        modules: List[Tuple[nn.Module, Sequence[int]]] = [(cache[(spec.name, s)], spec.input_shape) for spec, s in jobs]
+        shapes = self._call_shapes()
+        entries = [(spec, s, shape) for spec, s in jobs for shape in shapes.get(spec.name) or [spec.input_shape]]
+        modules: List[Tuple[nn.Module, Sequence[int]]] = [(cache[(spec.name, s)], shape) for spec, s, shape in entries]
         modules.append((bm.teacher, self.model_input_size))
         frame_only = self._frame_module()
         if frame_only is not None:
@@ -390,10 +396,13 @@ class LatencyEstimator:
         if self.verbose:
             tqdm.write(f"timing {len(modules)} modules, {self.runs} runs each ({self.backend})")
         times = self.time_modules(modules)
-        rows = [BlockLatency(spec.name, s, t) for (spec, s), t in zip(jobs, times)]
-        teacher = times[len(jobs)]
+        per_block: Dict[Tuple[str, float], float] = {}
+        for (spec, s, _), t in zip(entries, times):
+            per_block[(spec.name, s)] = per_block.get((spec.name, s), 0.0) + t
+        rows = [BlockLatency(spec.name, s, per_block[(spec.name, s)]) for spec, s in jobs]
+        teacher = times[len(entries)]
         if frame_only is not None:
-            frame = times[len(jobs) + 1]
+            frame = times[len(entries) + 1]
         else:  # ONNX Runtime cannot run the frame without its blocks
             frame = max(0.0, teacher - sum(r.latency_s for r in rows if r.sparsity == 0))
         return rows, frame, teacher, times[len(times) - len(composed):]
@@ -432,9 +441,14 @@ class LatencyEstimator:
                 if sync is not None:
                     sync()
                 total = time.perf_counter() - start
+                # a block may run several times per forward (a detector head's tower runs
+                # once per FPN level): its latency is the sum of its calls in the run
+                per_run: Dict[Tuple[str, float], float] = {}
                 for key, t in log:
+                    per_run[key] = per_run.get(key, 0.0) + t
+                for key, t in per_run.items():
                     samples[key].append(t)
-                frames.append(total - sum(t for _, t in log))
+                frames.append(total - sum(per_run.values()))
 
             return once
 
@@ -457,6 +471,22 @@ class LatencyEstimator:
         rows = [BlockLatency(spec.name, s, statistics.median(samples[(spec.name, s)]))
                 for spec in bm.blocks for s in sparsities]
         return rows, statistics.median(frames), times[0], times[1:len(whole)]
+
+    def _call_shapes(self) -> Dict[str, List[Tuple[int, ...]]]:
+        """The input shape of every call of every block in one forward of the teacher."""
+        bm = self.block_manager
+        shapes: Dict[str, List[Tuple[int, ...]]] = {n: [] for n in bm.block_names}
+        hooks = [
+            bm.get_block(n).register_forward_pre_hook(lambda m, a, n=n: shapes[n].append(tuple(a[0].shape)))
+            for n in bm.block_names
+        ]
+        try:
+            with torch.no_grad():
+                bm.teacher.eval()(torch.rand(self.model_input_size, device=self.device))
+        finally:
+            for h in hooks:
+                h.remove()
+        return shapes
 
     def _frame_module(self) -> Optional[nn.Module]:
         """The frame alone (torch backend): every block replaced by a module that returns
