@@ -26,6 +26,7 @@ from legodnn import (
     StoreError,
     export_onnx,
 )
+from legodnn.blockmanager.measure import count_flops
 from legodnn.online.cli import main as cli_main
 from legodnn.online.runtime import memory_budget_source
 
@@ -316,6 +317,16 @@ def test_latency_sums_the_calls_of_a_block_run_several_times(tmp_path: Path, mon
         for h in hooks:
             h.remove()
     assert sorted(calls.values()) == [1, 3]  # the stem's block once, the tower's once per level
+    shapes = bm.block_call_shapes()
+    assert {n: len(v) for n, v in shapes.items()} == calls
+    # FLOPs in the store count every call: the tower's sum over its three input sizes
+    store = bm.open_store(str(tmp_path / "blocks"))
+    for name in bm.block_names:
+        block = bm.get_block(name)
+        expected = sum(count_flops(block, shape, "cpu") for shape in shapes[name])
+        assert store.descendants[name][0.0].flops == expected
+    tower = next(n for n in bm.block_names if calls[n] == 3)
+    assert store.descendants[tower][0.0].flops > count_flops(bm.get_block(tower), shapes[tower][0], "cpu")
     for name, n_calls in calls.items():
         assert per_block[name] == pytest.approx(float(n_calls)), name
 

@@ -316,8 +316,10 @@ def _check_report(report, metric_name: str) -> None:
     if c["feasible"]:
         assert c["model_bytes"] <= report.budget["max_memory_bytes"]
         assert c["estimated_latency_s"] <= report.budget["max_latency_s"]
-    else:
-        assert c["sparsities"] == [0.5] * report.num_blocks  # the cheapest configuration is installed
+    else:  # explicitly infeasible: the closest configuration is installed, and it breaks a budget
+        # (not necessarily all 0.5: on a busy machine a pruned block can time slower than its original)
+        assert c["model_bytes"] > report.budget["max_memory_bytes"] \
+            or c["estimated_latency_s"] > report.budget["max_latency_s"]
 
 
 # FCOS runs the pipeline in test_demo_quick (the demo's --quick model), so it is not repeated here

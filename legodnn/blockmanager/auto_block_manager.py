@@ -96,6 +96,7 @@ class AutoBlockManager:
         self.fingerprint = architecture_fingerprint(self.model, self.parts)
         self._analyses: Dict[str, ChannelAnalysis] = {}
         self._teacher: Optional[nn.Module] = None
+        self._call_shapes: Optional[Dict[str, List[Tuple[int, ...]]]] = None
         self.partition = self._find_blocks()
         self._analyses = {s.name: self._analysis(s.name) for s in self.partition.specs}
         self.find_seconds = time.perf_counter() - start
@@ -193,6 +194,29 @@ class AutoBlockManager:
         module, _ = load_descendant(store, self.get_block(name), self._analysis(name), name, sparsity)
         return module.to(self.device)
 
+    def block_call_shapes(self) -> Dict[str, List[Tuple[int, ...]]]:
+        """The input shape of each call of each block in one forward of the model.
+
+        Usually one call per block; a submodule run once per pyramid level (a detector
+        head's tower) runs its blocks once per level. FLOPs and latency count every call.
+        """
+        if self._call_shapes is None:
+            shapes: Dict[str, List[Tuple[int, ...]]] = {n: [] for n in self.block_names}
+            hooks = [
+                self.get_block(n).register_forward_pre_hook(
+                    lambda _m, args, n=n: shapes[n].append(tuple(args[0].shape)))
+                for n in self.block_names
+            ]
+            try:
+                with torch.no_grad():
+                    dummy_runner(self.teacher.eval(), self.model_manager, self.model_input_size, self.device)()
+            finally:
+                for h in hooks:
+                    h.remove()
+            recorded = {s.name: s.input_shape for s in self.blocks}
+            self._call_shapes = {n: v or [recorded[n]] for n, v in shapes.items()}
+        return self._call_shapes
+
     @property
     def teacher(self) -> nn.Module:
         """The teacher as frame + original blocks (built once; hooks on blocks see its runs)."""
@@ -235,6 +259,7 @@ class AutoBlockManager:
         all_desc: List[DescendantSpec] = []
         blocks_json = []
         jobs = [(s, sp) for s in self.blocks for sp in self.block_sparsity]
+        call_shapes = self.block_call_shapes()
         bar = tqdm(jobs, desc="descendant blocks", disable=not self.verbose, leave=False)
         per_block: Dict[str, list] = {s.name: [] for s in self.blocks}
         for spec, sparsity in bar:
@@ -247,7 +272,7 @@ class AutoBlockManager:
                 sparsity=sparsity,
                 kept=plan,
                 params=count_params(block),
-                flops=count_flops(block, spec.input_shape, self.device),
+                flops=sum(count_flops(block, shape, self.device) for shape in call_shapes[spec.name]),
                 bytes=count_bytes(block),
                 file=file,
                 sha256=sha,

@@ -50,8 +50,9 @@ class DescendantSpec:
     """One descendant of a block: its architecture (kept filters per layer) and its cost.
 
     ``kept`` maps a layer's qualified name to the indices of the filters it keeps; layers
-    that keep everything are absent. ``flops`` are 2 x multiply-adds for one forward on
-    the block's recorded input shape; ``bytes`` is the size of its weights and buffers.
+    that keep everything are absent. ``flops`` are 2 x multiply-adds in one forward of the
+    model (over every call of the block: a detector head's tower runs once per pyramid
+    level); ``bytes`` is the size of its weights and buffers.
     """
 
     block: str

@@ -27,7 +27,7 @@ class BlockProfile:
     metric_drop: float  # teacher metric minus the metric with this descendant in place
     metric: float
     size_bytes: int
-    flops: int  # 2 x multiply-adds, one forward of the block on its recorded input shape
+    flops: int  # 2 x multiply-adds of the block in one forward of the model (all its calls)
     params: int
 
 

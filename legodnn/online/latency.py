@@ -385,8 +385,8 @@ class LatencyEstimator:
         FPN level) is timed on the input shape of each of its calls, and the times add up.
         """
         bm = self.block_manager
-        shapes = self._call_shapes()
-        entries = [(spec, s, shape) for spec, s in jobs for shape in shapes.get(spec.name) or [spec.input_shape]]
+        shapes = bm.block_call_shapes()
+        entries = [(spec, s, shape) for spec, s in jobs for shape in shapes[spec.name]]
         modules: List[Tuple[nn.Module, Sequence[int]]] = [(cache[(spec.name, s)], shape) for spec, s, shape in entries]
         modules.append((bm.teacher, self.model_input_size))
         frame_only = self._frame_module()
@@ -471,22 +471,6 @@ class LatencyEstimator:
         rows = [BlockLatency(spec.name, s, statistics.median(samples[(spec.name, s)]))
                 for spec in bm.blocks for s in sparsities]
         return rows, statistics.median(frames), times[0], times[1:len(whole)]
-
-    def _call_shapes(self) -> Dict[str, List[Tuple[int, ...]]]:
-        """The input shape of every call of every block in one forward of the teacher."""
-        bm = self.block_manager
-        shapes: Dict[str, List[Tuple[int, ...]]] = {n: [] for n in bm.block_names}
-        hooks = [
-            bm.get_block(n).register_forward_pre_hook(lambda m, a, n=n: shapes[n].append(tuple(a[0].shape)))
-            for n in bm.block_names
-        ]
-        try:
-            with torch.no_grad():
-                bm.teacher.eval()(torch.rand(self.model_input_size, device=self.device))
-        finally:
-            for h in hooks:
-                h.remove()
-        return shapes
 
     def _frame_module(self) -> Optional[nn.Module]:
         """The frame alone (torch backend): every block replaced by a module that returns
