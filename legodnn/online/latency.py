@@ -239,7 +239,7 @@ class LatencyEstimator:
     models, where it runs after and before other blocks, as it will on the device;
     "isolated" (the only choice for ONNX Runtime) times each descendant alone, run after
     run, where its weights and activations stay in the CPU caches: on a CIFAR ResNet-18
-    that underestimates composed models by about 9% (``bench/bench_online.py``).
+    that underestimates composed models by 8-9% (``bench/bench_online.py``).
     """
 
     def __init__(
