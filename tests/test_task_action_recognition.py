@@ -63,8 +63,12 @@ def test_outputs_match_torchvision() -> None:
     """Same weights, same outputs: TSN = mean of ResNet-18 frame logits; R(2+1)D as torchvision's (one block
     per stage keeps it cheap; the block itself, with its mid-plane count, is the one of the 18-layer net)."""
     from torchvision.models import resnet18
-    from torchvision.models.video.resnet import BasicBlock, Conv2Plus1D, R2Plus1dStem
-    from torchvision.models.video.resnet import VideoResNet as TVVideoResNet
+    from torchvision.models.video.resnet import (
+        BasicBlock,
+        Conv2Plus1D,
+        R2Plus1dStem,
+        VideoResNet as TVVideoResNet,
+    )
 
     from cv_tasks.action_recognition.models import VideoResNet
 

@@ -2,12 +2,13 @@
 
 from .auto_block_manager import AutoBlockManager as AutoBlockManager
 from .partition import Partition as Partition
-from .specs import BlockSpec as BlockSpec
-from .specs import DescendantSpec as DescendantSpec
+from .specs import BlockSpec as BlockSpec, DescendantSpec as DescendantSpec
 from .store import BlockStore as BlockStore
-from .switcher import BlockSwitcher as BlockSwitcher
-from .switcher import LegoModel as LegoModel
-from .switcher import SwitchResult as SwitchResult
+from .switcher import (
+    BlockSwitcher as BlockSwitcher,
+    LegoModel as LegoModel,
+    SwitchResult as SwitchResult,
+)
 
 __all__ = [
     "AutoBlockManager",

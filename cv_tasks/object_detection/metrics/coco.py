@@ -37,7 +37,7 @@ def _coco_objects(pairs: List[tuple]) -> tuple:
                                "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]})
     gt = COCO()
     gt.dataset = {"images": images, "annotations": annotations,
-                  "categories": [{"id": l, "name": str(l)} for l in sorted(labels)]}
+                  "categories": [{"id": lab, "name": str(lab)} for lab in sorted(labels)]}
     with contextlib.redirect_stdout(io.StringIO()):
         gt.createIndex()
     return gt, detections

@@ -91,11 +91,11 @@ def voc_map(
     if not 0.0 < iou_threshold <= 1.0:
         raise ValueError(f"iou_threshold must lie in (0, 1], got {iou_threshold}")
     pairs = checked_pairs(predictions, targets)
-    labels = sorted({int(l) for _, t in pairs for l in t["labels"][~(t["difficult"] | t["iscrowd"])]})
+    labels = sorted({int(lab) for _, t in pairs for lab in t["labels"][~(t["difficult"] | t["iscrowd"])]})
     if not labels:
         raise ValueError("the targets hold no (non-difficult) box, so no AP can be computed; "
                          "evaluate on images with annotations")
-    aps: Dict[int, float] = {l: _class_ap(pairs, l, iou_threshold) for l in labels}
+    aps: Dict[int, float] = {lab: _class_ap(pairs, lab, iou_threshold) for lab in labels}
     mean = sum(aps.values()) / len(aps)
     return (mean, aps) if per_class else mean
 
