@@ -24,11 +24,11 @@ def _tv(name: str, **kw) -> Callable[[], nn.Module]:
     return build
 
 
-def _cv(name: str) -> Callable[[], nn.Module]:
+def _cv(name: str, **kw) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
         from cv_tasks import get_model
 
-        return get_model(name)
+        return get_model(name, **kw)
 
     return build
 
@@ -55,6 +55,15 @@ MODELS: Dict[str, Tuple[Callable[[], nn.Module], Tuple[int, ...]]] = {
     "tv_resnext50_32x4d": (_tv("resnext50_32x4d"), (1, 3, 224, 224)),
     "tv_mobilenet_v3_large": (_tv("mobilenet_v3_large"), (1, 3, 224, 224)),
     "tv_fasterrcnn_resnet50_fpn": (_frcnn, (1, 3, 224, 224)),
+    # the other tasks' models at standard width (cv_tasks registry)
+    "fcos_mobilenet_v3_large_fpn": (_cv("fcos_mobilenet_v3_large_fpn", num_classes=91, min_size=224, max_size=224),
+                                    (1, 3, 224, 224)),
+    "deeplabv3_resnet50": (_cv("deeplabv3_resnet50"), (1, 3, 224, 224)),
+    "lraspp_mobilenet_v3_large": (_cv("lraspp_mobilenet_v3_large"), (1, 3, 224, 224)),
+    "simple_baseline_resnet": (_cv("simple_baseline_resnet"), (1, 3, 256, 192)),
+    "r3d_18": (_cv("r3d_18"), (1, 3, 8, 112, 112)),
+    "r2plus1d_18": (_cv("r2plus1d_18"), (1, 3, 8, 112, 112)),
+    "conv_autoencoder": (_cv("conv_autoencoder"), (1, 3, 64, 64)),
 }
 
 
