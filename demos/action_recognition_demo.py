@@ -13,8 +13,8 @@
    profiling (top-1 video accuracy, 2 test clips per video), latency, and the optimizer
    under 80 % of the teacher's latency and 60 % of its memory, hot-swapping the choice in.
 
-About 2.5 minutes with ``--threads 1`` on a shared 2-core CPU (c3d_tiny reaches top-1 (video)
-1.0, r3d_18 0.875); ``--quick`` (c3d_tiny, fewer videos and epochs) about 10-15 s.
+About 30 s with ``--threads 1`` (c3d_tiny reaches top-1 (video)
+1.0, r3d_18 0.75); ``--quick`` (c3d_tiny, fewer videos and epochs) about 10-15 s.
 Run from the repository root with ``PYTHONPATH=.``::
 
     python demos/action_recognition_demo.py [--data ROOT] [--out DIR] [--quick] [--quiet]

@@ -14,7 +14,7 @@
    block distillation on normal images, profiled by image AUROC, latency, and the
    optimizer picking a sparsity per block under a budget, hot-swapped in.
 
-About 2 minutes on 2 CPU cores with the defaults; ``--quick`` about 20 seconds. Run from
+About 45 s with ``--threads 1`` and the defaults; ``--quick`` about 20 seconds. Run from
 the repository root with ``PYTHONPATH=.`` (or the package installed)::
 
     python demos/anomaly_detection_demo.py [--data PATH|synthetic] [--out DIR] [--quick] [--quiet]

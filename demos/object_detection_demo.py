@@ -16,7 +16,7 @@
    mAP@0.5, the default; ``coco``: mAP@[.5:.95]), latency, and the optimizer under 80 % of
    the teacher's latency and 60 % of its memory, hot-swapping the choice in.
 
-About 70 s on one idle CPU core (``--threads 1``); ``--quick`` (fewer, smaller images) about 15 s.
+About 65 s on one CPU core (``--threads 1``); ``--quick`` (fewer, smaller images) about 15 s.
 Run from the repository root with ``PYTHONPATH=.``::
 
     python demos/object_detection_demo.py [--data PATH] [--out DIR] [--quick] [--quiet]

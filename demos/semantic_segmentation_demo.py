@@ -12,7 +12,7 @@
    distillation, profiling, latency, and the optimizer's pick under a latency/memory
    budget, hot-swapped into the live model.
 
-About 1-2 minutes on 2 CPU cores by default, ``--quick`` under 30 seconds. Run from the
+About 15 s with ``--threads 1`` by default, ``--quick`` under 10 seconds. Run from the
 repository root (``PYTHONPATH=.`` or the package installed)::
 
     python demos/semantic_segmentation_demo.py [--data DIR] [--out DIR] [--quick] [--quiet]
