@@ -1,7 +1,7 @@
 """Anomaly detection through legodnn: metric checks on real labels, then the pipeline on each model.
 
     python bench/bench_anomaly_detection.py [--data ../shared/data/mvtec_ad] [--category NAME]
-        [--epochs 12] [--block-epochs 3] [--threads 2] [--out bench_anomaly_detection.json]
+        [--epochs 12] [--block-epochs 3] [--accuracy-compositions 8] [--threads 2] [--out bench_anomaly_detection.json]
 
 Data, all read through the task's own loaders:
 
@@ -108,6 +108,8 @@ def main() -> None:
     p.add_argument("--normal-class", type=int, default=3)
     p.add_argument("--epochs", type=int, default=12, help="teacher epochs")
     p.add_argument("--block-epochs", type=int, default=3)
+    p.add_argument("--accuracy-compositions", type=int, default=8,
+                   help="random compositions measured to check the AUROC estimate (0: none)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("bench_anomaly_detection.json"))
     p.add_argument("--out-dir", type=Path, default=Path("runs") / "bench_anomaly_detection")
@@ -130,7 +132,7 @@ def main() -> None:
             evaluation = mm.evaluate(teacher, test, "cpu")
             report = run_pipeline(teacher, mm, train, test, (1, 3, size, size),
                                   str(args.out_dir / f"{data_name}_{model_name}"), epochs=args.block_epochs,
-                                  verbose=False)
+                                  accuracy_compositions=args.accuracy_compositions, verbose=False)
             print(f"-- {model_name} {options}: teacher trained {args.epochs} epochs in {train_s:.1f} s, "
                   f"image AUROC {evaluation.image_auroc:.4f}"
                   + ("" if evaluation.pixel_auroc is None else f", pixel AUROC {evaluation.pixel_auroc:.4f}"))

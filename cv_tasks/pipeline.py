@@ -50,6 +50,9 @@ class PipelineReport:
     # the latency estimate against measured random compositions (share within +-10%,
     # mean relative error); empty when too few compositions were measured to hold some out
     latency_error: Dict[str, float] = field(default_factory=dict)
+    # with accuracy_compositions > 0: the metric estimate against measured random compositions
+    # (mean absolute error of the additive and the multiplicative estimate, measured range)
+    accuracy_error: Dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> Dict[str, Any]:
         return asdict(self)
@@ -70,6 +73,7 @@ def run_pipeline(
     num_compositions: int = 4,
     latency_budget: float = 0.8,
     memory_budget: float = 0.6,
+    accuracy_compositions: int = 0,
     device: str = "cpu",
     verbose: bool = True,
 ) -> PipelineReport:
@@ -78,7 +82,9 @@ def run_pipeline(
     Blocks go to ``out_dir/compressed`` and ``out_dir/trained``. The optimizer is asked for
     ``latency_budget`` x the teacher's latency and ``memory_budget`` x its bytes; when no
     configuration fits, the cheapest one is installed (``fallback=True``) and the report
-    says ``feasible: False``.
+    says ``feasible: False``. ``accuracy_compositions`` > 0 measures that many random
+    compositions on the test set (a full pass each) to check the metric estimate; the
+    optimizer then uses the better of its two estimates.
     """
     out = Path(out_dir)
     compressed, trained = str(out / "compressed"), str(out / "trained")
@@ -99,9 +105,23 @@ def run_pipeline(
     stage("retrain", t)
 
     t = time.perf_counter()
-    profile = BlockProfiler(teacher, bm, model_manager, trained, test_loader, model_input_size,
-                            device, verbose=verbose).profile_all_blocks()
+    profiler = BlockProfiler(teacher, bm, model_manager, trained, test_loader, model_input_size,
+                             device, verbose=verbose)
+    profile = profiler.profile_all_blocks()
     stage("profile", t)
+
+    accuracy_error: Dict[str, Any] = {}
+    if accuracy_compositions > 0:
+        t = time.perf_counter()
+        check = profiler.validate_accuracy_model(accuracy_compositions)
+        accuracy_error = {
+            "n": len(check.measured),
+            "mean_abs_error_additive": check.mean_abs_error,
+            "mean_abs_error_multiplicative": check.mean_abs_error_multiplicative,
+            "measured_range": [min(check.measured), max(check.measured)],
+            "used": check.best,
+        }
+        stage("validate", t)
 
     t = time.perf_counter()
     latency = LatencyEstimator(bm, model_manager, trained, latency_samples, model_input_size, device,
@@ -147,6 +167,7 @@ def run_pipeline(
         seconds=seconds,
         latency_error={k: float(latency.validation[k]) for k in ("n", "within_10pct", "mean_abs_rel_error")
                        if k in latency.validation},
+        accuracy_error=accuracy_error,
     )
 
 
@@ -177,6 +198,7 @@ def describe(report: PipelineReport, name: Optional[str] = None) -> str:
         f"{c['model_bytes'] / 1e6:.2f} MB; {c['blocks_swapped']} block{'' if c['blocks_swapped'] == 1 else 's'} swapped in {1e3 * c['swap_seconds']:.2f} ms\n"
         f"  wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items())
         + _latency_line(report.latency_error)
+        + _accuracy_line(report.accuracy_error)
     )
 
 
@@ -185,3 +207,12 @@ def _latency_line(err: Dict[str, float]) -> str:
         return ""
     return (f"\n  latency estimate: {100 * err['within_10pct']:.0f}% of {int(err['n'])} held-out compositions "
             f"within +-10%, mean error {100 * err['mean_abs_rel_error']:.1f}%")
+
+
+def _accuracy_line(err: Dict[str, Any]) -> str:
+    if not err:
+        return ""
+    lo, hi = err["measured_range"]
+    return (f"\n  metric estimate on {err['n']} measured compositions ({lo:.4f}-{hi:.4f}): mean error "
+            f"{err['mean_abs_error_additive']:.4f} additive, {err['mean_abs_error_multiplicative']:.4f} "
+            f"multiplicative (the optimizer uses the {err['used']} one)")

@@ -3,6 +3,7 @@ loaders on tiny data written here, bad input, both models, the manager and the w
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -360,7 +361,8 @@ def test_pipeline(name: str, mvtec_root: Path, tmp_path: Path) -> None:
     train_anomaly_model(teacher, train_loader, epochs=2, lr=3e-3, verbose=False)
     mm = get_model_manager("anomaly_detection")
     report = run_pipeline(teacher, mm, train_loader, test_loader, (1, 3, SIZE, SIZE), str(tmp_path),
-                          sparsities=(0.0, 0.5), latency_samples=3, num_compositions=2, verbose=False)
+                          sparsities=(0.0, 0.5), latency_samples=3, num_compositions=2,
+                          accuracy_compositions=2, verbose=False)
     assert report.num_blocks >= 1 and 0.0 < report.coverage <= 1.0
     assert report.num_descendants == report.num_blocks
     assert 0 < report.descendant_bytes[0] <= report.descendant_bytes[1] < report.block_bytes[1]
@@ -375,7 +377,12 @@ def test_pipeline(name: str, mvtec_root: Path, tmp_path: Path) -> None:
     else:  # explicitly infeasible: the closest configuration is installed, and it breaks a budget
         assert chosen["model_bytes"] > report.budget["max_memory_bytes"] \
             or chosen["estimated_latency_s"] > report.budget["max_latency_s"]
-    assert set(report.seconds) == {"extract", "retrain", "profile", "latency", "optimize"}
+    assert set(report.seconds) == {"extract", "retrain", "profile", "validate", "latency", "optimize"}
+    acc = report.accuracy_error  # two measured compositions, each a metric in [0, 1]
+    assert acc["n"] == 2 and 0.0 <= acc["measured_range"][0] <= acc["measured_range"][1] <= 1.0
+    assert acc["used"] in ("additive", "multiplicative") and acc["mean_abs_error_additive"] >= 0.0
+    assert json.loads((tmp_path / "trained" / "accuracy_model.json").read_text())["best"] == acc["used"]
+    assert "measured compositions" in describe(report, name)
     err = report.latency_error  # num_compositions more fit the calibration; these 2 are held out
     assert err["n"] == 2 and 0.0 <= err["within_10pct"] <= 1.0 and err["mean_abs_rel_error"] >= 0.0
     assert "held-out compositions within +-10%" in describe(report, name)
