@@ -25,9 +25,29 @@ from legodnn import (
 )
 from legodnn.model_manager import AbstractModelManager
 
-__all__ = ["PipelineReport", "describe", "run_pipeline"]
+__all__ = ["AccuracyCheck", "LatencyCheck", "PipelineReport", "describe", "run_pipeline"]
 
 DEFAULT_SPARSITIES: Tuple[float, ...] = (0.0, 0.3, 0.6, 0.8)
+
+
+@dataclass(frozen=True)
+class LatencyCheck:
+    """The latency estimate against ``n`` measured random compositions held out of its calibration."""
+
+    n: int
+    within_10pct: float  # share of compositions estimated within +-10%
+    mean_abs_rel_error: float
+
+
+@dataclass(frozen=True)
+class AccuracyCheck:
+    """The metric estimate against ``n`` random compositions measured on the test set."""
+
+    n: int
+    mean_abs_error_additive: float  # teacher minus summed drops (the method's estimate)
+    mean_abs_error_multiplicative: float  # teacher x product of retained fractions
+    measured_range: Tuple[float, float]
+    used: str  # the estimate the optimizer uses from now on: "additive" or "multiplicative"
 
 
 @dataclass
@@ -47,12 +67,8 @@ class PipelineReport:
     chosen: Dict[str, Any]  # sparsities, estimated metric/latency/bytes, swap cost
     live_output_ok: bool  # the hot-swapped model ran on the task's input
     seconds: Dict[str, float] = field(default_factory=dict)  # wall time per stage
-    # the latency estimate against measured random compositions (share within +-10%,
-    # mean relative error); empty when too few compositions were measured to hold some out
-    latency_error: Dict[str, float] = field(default_factory=dict)
-    # with accuracy_compositions > 0: the metric estimate against measured random compositions
-    # (mean absolute error of the additive and the multiplicative estimate, measured range)
-    accuracy_error: Dict[str, Any] = field(default_factory=dict)
+    latency_error: Optional[LatencyCheck] = None  # None when no composition was held out
+    accuracy_error: Optional[AccuracyCheck] = None  # None unless accuracy_compositions > 0
 
     def to_json(self) -> Dict[str, Any]:
         return asdict(self)
@@ -110,17 +126,17 @@ def run_pipeline(
     profile = profiler.profile_all_blocks()
     stage("profile", t)
 
-    accuracy_error: Dict[str, Any] = {}
+    accuracy_error: Optional[AccuracyCheck] = None
     if accuracy_compositions > 0:
         t = time.perf_counter()
         check = profiler.validate_accuracy_model(accuracy_compositions)
-        accuracy_error = {
-            "n": len(check.measured),
-            "mean_abs_error_additive": check.mean_abs_error,
-            "mean_abs_error_multiplicative": check.mean_abs_error_multiplicative,
-            "measured_range": [min(check.measured), max(check.measured)],
-            "used": check.best,
-        }
+        accuracy_error = AccuracyCheck(
+            n=len(check.measured),
+            mean_abs_error_additive=check.mean_abs_error,
+            mean_abs_error_multiplicative=check.mean_abs_error_multiplicative,
+            measured_range=(min(check.measured), max(check.measured)),
+            used=check.best,
+        )
         stage("validate", t)
 
     t = time.perf_counter()
@@ -165,8 +181,7 @@ def run_pipeline(
         },
         live_output_ok=_finite(output),
         seconds=seconds,
-        latency_error={k: float(latency.validation[k]) for k in ("n", "within_10pct", "mean_abs_rel_error")
-                       if k in latency.validation},
+        latency_error=_latency_check(latency.validation),
         accuracy_error=accuracy_error,
     )
 
@@ -202,17 +217,24 @@ def describe(report: PipelineReport, name: Optional[str] = None) -> str:
     )
 
 
-def _latency_line(err: Dict[str, float]) -> str:
-    if not err:
-        return ""
-    return (f"\n  latency estimate: {100 * err['within_10pct']:.0f}% of {int(err['n'])} held-out compositions "
-            f"within +-10%, mean error {100 * err['mean_abs_rel_error']:.1f}%")
+def _latency_check(validation: Dict[str, Any]) -> Optional[LatencyCheck]:
+    if not validation:
+        return None
+    return LatencyCheck(int(validation["n"]), float(validation["within_10pct"]),
+                        float(validation["mean_abs_rel_error"]))
 
 
-def _accuracy_line(err: Dict[str, Any]) -> str:
-    if not err:
+def _latency_line(err: Optional[LatencyCheck]) -> str:
+    if err is None:
         return ""
-    lo, hi = err["measured_range"]
-    return (f"\n  metric estimate on {err['n']} measured compositions ({lo:.4f}-{hi:.4f}): mean error "
-            f"{err['mean_abs_error_additive']:.4f} additive, {err['mean_abs_error_multiplicative']:.4f} "
-            f"multiplicative (the optimizer uses the {err['used']} one)")
+    return (f"\n  latency estimate: {100 * err.within_10pct:.0f}% of {err.n} held-out compositions "
+            f"within +-10%, mean error {100 * err.mean_abs_rel_error:.1f}%")
+
+
+def _accuracy_line(err: Optional[AccuracyCheck]) -> str:
+    if err is None:
+        return ""
+    lo, hi = err.measured_range
+    return (f"\n  metric estimate on {err.n} measured compositions ({lo:.4f}-{hi:.4f}): mean error "
+            f"{err.mean_abs_error_additive:.4f} additive, {err.mean_abs_error_multiplicative:.4f} "
+            f"multiplicative (the optimizer uses the {err.used} one)")

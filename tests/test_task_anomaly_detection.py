@@ -379,12 +379,13 @@ def test_pipeline(name: str, mvtec_root: Path, tmp_path: Path) -> None:
             or chosen["estimated_latency_s"] > report.budget["max_latency_s"]
     assert set(report.seconds) == {"extract", "retrain", "profile", "validate", "latency", "optimize"}
     acc = report.accuracy_error  # two measured compositions, each a metric in [0, 1]
-    assert acc["n"] == 2 and 0.0 <= acc["measured_range"][0] <= acc["measured_range"][1] <= 1.0
-    assert acc["used"] in ("additive", "multiplicative") and acc["mean_abs_error_additive"] >= 0.0
-    assert json.loads((tmp_path / "trained" / "accuracy_model.json").read_text())["best"] == acc["used"]
+    assert acc.n == 2 and 0.0 <= acc.measured_range[0] <= acc.measured_range[1] <= 1.0
+    assert acc.used in ("additive", "multiplicative") and acc.mean_abs_error_additive >= 0.0
+    assert json.loads((tmp_path / "trained" / "accuracy_model.json").read_text())["best"] == acc.used
     assert "measured compositions" in describe(report, name)
     err = report.latency_error  # num_compositions more fit the calibration; these 2 are held out
-    assert err["n"] == 2 and 0.0 <= err["within_10pct"] <= 1.0 and err["mean_abs_rel_error"] >= 0.0
+    assert err.n == 2 and 0.0 <= err.within_10pct <= 1.0 and err.mean_abs_rel_error >= 0.0
+    assert report.to_json()["latency_error"]["n"] == 2  # JSON-ready all the way down
     assert "held-out compositions within +-10%" in describe(report, name)
 
 
