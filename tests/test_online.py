@@ -336,3 +336,38 @@ def test_latency_sums_the_calls_of_a_block_run_several_times(tmp_path: Path, mon
                                 verbose=False).profile_all_blocks(num_compositions=0)
     for row in isolated.blocks:
         assert row.latency_s == pytest.approx(float(calls[row.block])), row.block
+
+
+class _OptionalStage(torch.nn.Module):
+    """A stage that runs only on bright inputs, as a keypoint head runs only on detections."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        conv = torch.nn.Conv2d
+        self.stem = torch.nn.Sequential(conv(3, 8, 3, padding=1), torch.nn.ReLU(), conv(8, 8, 3, padding=1))
+        self.extra = torch.nn.Sequential(conv(8, 16, 3, padding=1), torch.nn.ReLU(), conv(16, 8, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.stem(x)
+        if float(x.amax()) > 1.5:  # data-dependent: fx traces the stages as parts
+            f = self.extra(f)
+        return f.mean((2, 3))
+
+
+class _BrightDummy(CommonModelManager):
+    def dummy_forward_to_gen_mid_data(self, model, model_input_size, device):
+        return model(2 * torch.rand(model_input_size, device=device))
+
+
+def test_in_situ_block_that_does_not_run_costs_nothing(tmp_path: Path) -> None:
+    model, mm = _OptionalStage().eval(), _BrightDummy()
+    bm = AutoBlockManager([0.0, 0.5], model, mm, SIZE, 1.0, verbose=False)
+    assert {s.part for s in bm.blocks} == {"stem", "extra"}  # both stages ran in the dummy forward
+    bm.extract_all_blocks(str(tmp_path / "blocks"))
+    # the estimator's own input lies in [0, 1): the extra stage never runs while it times
+    profile = LatencyEstimator(bm, mm, str(tmp_path / "blocks"), 3, SIZE, "cpu", method="in_situ",
+                               verbose=False).profile_all_blocks(num_compositions=0)
+    extra = {b.name for b in bm.blocks if b.part == "extra"}
+    times = {(row.block, row.sparsity): row.latency_s for row in profile.blocks}
+    assert all(t == 0.0 for (name, _), t in times.items() if name in extra)
+    assert all(t > 0.0 for (name, _), t in times.items() if name not in extra)

@@ -432,7 +432,7 @@ class LatencyEstimator:
         samples: Dict[Tuple[str, float], List[float]] = {key: [] for key in cache}
         frames: List[float] = []
 
-        def run(model: nn.Module) -> Callable[[], None]:
+        def run(model: nn.Module, keys: List[Tuple[str, float]]) -> Callable[[], None]:
             def once() -> None:
                 log.clear()
                 start = time.perf_counter()
@@ -442,8 +442,9 @@ class LatencyEstimator:
                     sync()
                 total = time.perf_counter() - start
                 # a block may run several times per forward (a detector head's tower runs
-                # once per FPN level): its latency is the sum of its calls in the run
-                per_run: Dict[Tuple[str, float], float] = {}
+                # once per FPN level): its latency is the sum of its calls in the run; or
+                # not at all (a keypoint head with no detection): then it costs 0 in the run
+                per_run: Dict[Tuple[str, float], float] = {key: 0.0 for key in keys}
                 for key, t in log:
                     per_run[key] = per_run.get(key, 0.0) + t
                 for key, t in per_run.items():
@@ -457,7 +458,8 @@ class LatencyEstimator:
             tqdm.write(f"timing {k} compositions in situ and {len(whole)} models, {self.runs} runs each")
         previous = torch.get_num_threads()
         torch.set_num_threads(self.num_threads)
-        runners = whole + [run(m) for m in composed]
+        runners = whole + [run(m, [(n, sparsities[(b + j) % k]) for b, n in enumerate(names)])
+                           for j, m in enumerate(composed)]
         try:
             for fn in runners:  # warm-up, whose samples are then dropped
                 for _ in range(max(3, self.runs // 10)):
