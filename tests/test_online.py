@@ -271,6 +271,11 @@ def test_accuracy_models(pipeline) -> None:
         ScalingOptimizer(str(path), SIZE, bm, mm, "cpu", accuracy_model="magic")
 
 
+def _conv_stage(c_in: int, c_mid: int, c_out: int) -> torch.nn.Sequential:
+    conv = torch.nn.Conv2d
+    return torch.nn.Sequential(conv(c_in, c_mid, 3, padding=1), torch.nn.ReLU(), conv(c_mid, c_out, 3, padding=1))
+
+
 class _SharedTower(torch.nn.Module):
     """A tower run once per pyramid level, as a detector head's is: a block called 3x a forward.
 
@@ -280,9 +285,7 @@ class _SharedTower(torch.nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        conv = torch.nn.Conv2d
-        self.stem = torch.nn.Sequential(conv(3, 8, 3, padding=1), torch.nn.ReLU(), conv(8, 8, 3, padding=1))
-        self.tower = torch.nn.Sequential(conv(8, 16, 3, padding=1), torch.nn.ReLU(), conv(16, 8, 3, padding=1))
+        self.stem, self.tower = _conv_stage(3, 8, 8), _conv_stage(8, 16, 8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.stem(x)
@@ -343,9 +346,7 @@ class _OptionalStage(torch.nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        conv = torch.nn.Conv2d
-        self.stem = torch.nn.Sequential(conv(3, 8, 3, padding=1), torch.nn.ReLU(), conv(8, 8, 3, padding=1))
-        self.extra = torch.nn.Sequential(conv(8, 16, 3, padding=1), torch.nn.ReLU(), conv(16, 8, 3, padding=1))
+        self.stem, self.extra = _conv_stage(3, 8, 8), _conv_stage(8, 16, 8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.stem(x)
