@@ -25,11 +25,10 @@ Writes ``results.json`` (per model: teacher accuracies and the pipeline report) 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
@@ -37,6 +36,7 @@ import cv_tasks
 from cv_tasks.action_recognition import datasets
 from cv_tasks.action_recognition.model_manager import ActionRecognitionModelManager
 from cv_tasks.action_recognition.train import train_clip_classifier
+from cv_tasks.demo_support import add_run_options, start_run, task_models, write_results
 from cv_tasks.pipeline import describe, run_pipeline
 
 DEFAULT_OUT = Path("runs") / "action_recognition"
@@ -55,11 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="teacher epochs (default 10, quick 4)")
     p.add_argument("--size", type=int, default=None, help="crop size (default 32, TSN/ResNets 48)")
     p.add_argument("--quick", action="store_true", help="a smoke run of about 15 s")
-    p.add_argument("--quiet", action="store_true", help="print nothing, show no progress bars")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--seed", type=int, default=0)
-    return p
+    return add_run_options(p)
 
 
 def _data(args: argparse.Namespace, model: str, size: int) -> Dict[str, Any]:
@@ -110,21 +106,10 @@ def run_model(
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     """Run the demo; returns what it writes to ``results.json``."""
     args = _parser().parse_args(argv)
-    verbose = not args.quiet
-
-    def say(text: str) -> None:
-        if verbose:
-            print(text, flush=True)
-
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    models: Sequence[str] = ["c3d_tiny"] if args.quick and args.models == ",".join(DEFAULT_MODELS) else \
-        [m.strip() for m in args.models.split(",") if m.strip()]
-    for m in models:
-        if cv_tasks.get_model_info(m).task != "action_recognition":
-            raise ValueError(f"{m} is not an action_recognition model; pick from "
-                             f"{[n for n in cv_tasks.list_models() if cv_tasks.get_model_info(n).task == 'action_recognition']}")
+    run = start_run(args)
+    device, verbose, say = run.device, run.verbose, run.say
+    quick_default = args.quick and args.models == ",".join(DEFAULT_MODELS)
+    models = task_models("action_recognition", ["c3d_tiny"] if quick_default else args.models.split(","))
     if args.weights is not None and len(models) != 1:
         raise ValueError("--weights needs exactly one model in --models")
     if args.out.exists():
@@ -144,8 +129,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     say(f"data: {data}\ndevice: {device}, models: {', '.join(models)}")
     results = {"data": data, "device": device, "models": [run_model(args, m, device, verbose, say) for m in models]}
     results["seconds"] = round(time.perf_counter() - start, 1)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    say(f"total {results['seconds']:.1f} s; results in {args.out / 'results.json'}")
+    say(f"total {results['seconds']:.1f} s; results in {write_results(args.out, results)}")
     return results
 
 

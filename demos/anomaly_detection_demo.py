@@ -38,6 +38,7 @@ from cv_tasks import get_model, get_model_manager
 from cv_tasks.anomaly_detection.datasets import digits_one_class_dataloaders, mvtec_dataloaders
 from cv_tasks.anomaly_detection.synthetic import write_synthetic_mvtec
 from cv_tasks.anomaly_detection.train import train_anomaly_model
+from cv_tasks.demo_support import add_run_options, start_run, write_results
 from cv_tasks.pipeline import describe, run_pipeline
 
 MODELS = ("conv_autoencoder", "rotation_resnet")
@@ -67,11 +68,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--block-epochs", type=int, default=None, help="block retraining epochs (default 3; 1 with --quick)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--quick", action="store_true", help="small models and few epochs: a smoke run of ~20 s")
-    p.add_argument("--quiet", action="store_true", help="print nothing, show no progress bars")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    args = add_run_options(p).parse_args(argv)
     if not 0 <= args.normal_class <= 9:
         p.error(f"--normal-class must be a digit 0-9, got {args.normal_class}")
     return args
@@ -136,10 +133,8 @@ def run_model(name: str, args: argparse.Namespace, train: DataLoader, test: Data
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Run the demo; returns what it writes to ``results.json``."""
     args = parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    run = start_run(args)
+    device, say = run.device, run.say
     started = time.perf_counter()
     for name in args.models:  # a fresh run: stale blocks of another run must not be resumed
         shutil.rmtree(args.out / name, ignore_errors=True)
@@ -152,8 +147,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     result: Dict[str, Any] = {"data": what, "device": device, "quick": args.quick, "models": models,
                               "seconds": round(time.perf_counter() - started, 1)}
     result = json.loads(json.dumps(result))  # tuples -> lists, as read back from the file
-    (args.out / "results.json").write_text(json.dumps(result, indent=1))
-    say(f"\nwrote {args.out / 'results.json'} ({result['seconds']} s)")
+    say(f"\nwrote {write_results(args.out, result)} ({result['seconds']} s)")
     return result
 
 

@@ -27,7 +27,6 @@ Writes ``results.json`` (per model: teacher mAPs and the pipeline report) under 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 import cv_tasks
+from cv_tasks.demo_support import add_run_options, start_run, task_models, write_results
 from cv_tasks.object_detection import datasets
 from cv_tasks.object_detection.metrics import coco_map, voc_map
 from cv_tasks.object_detection.model_manager import DetectionModelManager
@@ -71,11 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="teacher epochs (default 6, quick 3)")
     p.add_argument("--size", type=int, default=None, help="image side in pixels (default 96, quick 64)")
     p.add_argument("--quick", action="store_true", help="a smoke run of about 15 s")
-    p.add_argument("--quiet", action="store_true", help="print nothing, show no progress bars")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--seed", type=int, default=0)
-    return p
+    return add_run_options(p)
 
 
 def _split(ds: Dataset, seed: int) -> Tuple[Dataset, Dataset]:
@@ -153,20 +149,9 @@ def run_model(args: argparse.Namespace, name: str, data: Dict[str, Any], device:
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     """Run the demo; returns what it writes to ``results.json``."""
     args = _parser().parse_args(argv)
-    verbose = not args.quiet
-
-    def say(text: str) -> None:
-        if verbose:
-            print(text, flush=True)
-
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    known = [n for n in cv_tasks.list_models() if cv_tasks.get_model_info(n).task == "object_detection"]
-    for m in models:
-        if m not in known:
-            raise ValueError(f"{m!r} is not an object_detection model; pick from {known}")
+    run = start_run(args)
+    device, verbose, say = run.device, run.verbose, run.say
+    models = task_models("object_detection", args.models.split(","))
     if args.weights is not None and len(models) != 1:
         raise ValueError("--weights needs exactly one model in --models")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -179,8 +164,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     results: Dict[str, Any] = {"data": text, "device": device, "metric": DetectionModelManager(args.metric).metric_name,
                                "models": [run_model(args, m, data, device, verbose, say) for m in models]}
     results["seconds"] = round(time.perf_counter() - start, 1)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    say(f"total {results['seconds']:.1f} s; results in {args.out / 'results.json'}")
+    say(f"total {results['seconds']:.1f} s; results in {write_results(args.out, results)}")
     return results
 
 

@@ -14,7 +14,6 @@ test. Without it, a deterministic stick-figure set in COCO format is written und
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -47,10 +46,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder, replaced (default {DEFAULT_OUT})")
     p.add_argument("--epochs", type=int, default=None, help="teacher epochs (default 12; quick 1)")
     p.add_argument("--quick", action="store_true", help="a smoke run of about 10 s")
-    p.add_argument("--quiet", action="store_true", help="print nothing, show no progress bars")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    return p.parse_args(argv)
+    from cv_tasks.demo_support import (
+        add_run_options,  # cv_tasks: importable once __main__ set sys.path
+    )
+
+    return add_run_options(p).parse_args(argv)
 
 
 def _detect_format(path: str) -> str:
@@ -92,19 +92,16 @@ def _data(args: argparse.Namespace, input_size: tuple[int, int], say: Any) -> tu
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the demo; returns what it writes to ``results.json``."""
     args = _parse(argv)
-    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     from cv_tasks import get_model
+    from cv_tasks.demo_support import start_run, task_models, write_results
     from cv_tasks.pipeline import describe, run_pipeline
     from cv_tasks.pose_estimation.model_manager import PoseModelManager
     from cv_tasks.pose_estimation.train import train_pose_model
 
-    models = [m for m in (args.models or ",".join(DEFAULT_MODELS[:1] if args.quick else DEFAULT_MODELS)).split(",") if m]
-    unknown = [m for m in models if m not in MODEL_OPTIONS]
-    if unknown:
-        raise SystemExit(f"unknown pose model(s) {unknown}; choose from {sorted(MODEL_OPTIONS)}")
+    run = start_run(args)
+    device, say = run.device, run.say
+    models = task_models("pose_estimation",
+                         (args.models or ",".join(DEFAULT_MODELS[:1] if args.quick else DEFAULT_MODELS)).split(","))
     if args.out.exists():
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True)
@@ -117,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {"data": source, "format": fmt, "metric": metric, "input_size": list(input_size),
                                "device": device, "models": {}}
     for name in models:
-        torch.manual_seed(0)
+        torch.manual_seed(args.seed)
         options = dict(MODEL_OPTIONS[name])
         if args.quick:
             options["base_width"] = 8
@@ -134,9 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               device=device, verbose=not args.quiet)
         say(describe(report, name))
         results["models"][name] = {"teacher_train_s": round(train_s, 2), "teacher_losses": losses, **report.to_json()}
-    with open(args.out / "results.json", "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=1)
-    say(f"wrote {args.out / 'results.json'}")
+    say(f"wrote {write_results(args.out, results)}")
     return results
 
 

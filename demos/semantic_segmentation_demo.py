@@ -24,7 +24,6 @@ Writes ``teacher.pt`` (the trained weights, reusable with ``--weights``), ``pipe
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -34,6 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 import cv_tasks
+from cv_tasks.demo_support import add_run_options, start_run, write_results
 from cv_tasks.pipeline import describe, run_pipeline
 from cv_tasks.semantic_segmentation.datasets import VOC_CLASSES, coco_dataloaders, voc_dataloaders
 from cv_tasks.semantic_segmentation.model_manager import SegmentationModelManager
@@ -122,19 +122,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--memory-budget", type=float, default=0.6, help="memory budget, x the teacher's")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--quick", action="store_true", help="a smoke run: less data, 2 epochs, 2 sparsities")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    return add_run_options(p).parse_args(argv)
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    verbose = not args.quiet
+    run = start_run(args)
+    device, verbose, say = run.device, run.verbose, run.say
     s = Settings.defaults(args.quick)
     epochs = args.epochs if args.epochs is not None else s.epochs
     block_epochs = args.block_epochs if args.block_epochs is not None else s.block_epochs
@@ -145,7 +139,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     start = time.perf_counter()
 
     data = load_data(args.data, out, s, args.num_classes, args.seed, verbose)
-    print(f"data: {data['description']}")
+    say(f"data: {data['description']}")
     num_classes = len(data["classes"])
     kwargs = dict(VARIANTS[args.model], num_classes=num_classes)
     teacher = cv_tasks.get_model(args.model, weights_path=str(args.weights) if args.weights else None, **kwargs)
@@ -156,7 +150,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         losses = train_segmenter(teacher, data["train"], epochs, device=device, verbose=verbose)
         torch.save(teacher.state_dict(), out / "teacher.pt")
     after = manager.evaluate(teacher, data["test"], device)
-    print(f"teacher {args.model} {kwargs}: mIoU {before.miou:.3f} -> {after.miou:.3f}, "
+    say(f"teacher {args.model} {kwargs}: mIoU {before.miou:.3f} -> {after.miou:.3f}, "
           f"pixel accuracy {after.pixel_accuracy:.3f} ({'loaded' if args.weights else f'{epochs} epochs'})")
     train_seconds = time.perf_counter() - start
 
@@ -166,7 +160,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                           block_size_ratio=BLOCK_SIZE_RATIO.get(args.model, 0.125),
                           latency_samples=3 if args.quick else 10, num_compositions=2 if args.quick else 6,
                           device=device, verbose=verbose)
-    print(describe(report, args.model))
+    say(describe(report, args.model))
     results = {
         "data": data["description"],
         "classes": data["classes"],
@@ -180,8 +174,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         "seconds": {"data_and_teacher": round(train_seconds, 2),
                     "total": round(time.perf_counter() - start, 2)},
     }
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    print(f"total {results['seconds']['total']:.1f} s; results in {out / 'results.json'}")
+    say(f"total {results['seconds']['total']:.1f} s; results in {write_results(out, results)}")
     return results
 
 

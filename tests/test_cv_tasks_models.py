@@ -140,3 +140,18 @@ def test_every_task_lists_and_builds_its_model_manager() -> None:
         assert isinstance(manager.metric_name, str) and manager.metric_name
     with pytest.raises(ValueError):
         cv_tasks.get_model_manager("no_such_task")
+
+
+def test_demo_support_checks_models_and_writes_results(tmp_path) -> None:
+    import json
+
+    from cv_tasks.demo_support import task_models, write_results
+
+    assert task_models("action_recognition", ["c3d_tiny", " r3d_18 ", ""]) == ["c3d_tiny", "r3d_18"]
+    with pytest.raises(ValueError, match="not a registered model of task 'pose_estimation'"):
+        task_models("pose_estimation", ["c3d_tiny"])
+    with pytest.raises(ValueError, match="no model given"):
+        task_models("pose_estimation", [""])
+    path = write_results(tmp_path, {"seconds": 1.5, "models": ["a"]})
+    assert json.loads(path.read_text()) == {"seconds": 1.5, "models": ["a"]}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temporary file left

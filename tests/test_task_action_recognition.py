@@ -371,5 +371,5 @@ def test_demo_quick(tmp_path: Path) -> None:
     assert model["model"] == "c3d_tiny" and model["pipeline"]["num_blocks"] >= 1
     assert 0.0 <= model["teacher_accuracy"]["top-1 (video)"] <= 1.0
     assert json.loads((tmp_path / "run" / "results.json").read_text()) == json.loads(json.dumps(results))
-    with pytest.raises(ValueError, match="not an action_recognition model"):
+    with pytest.raises(ValueError, match="not a registered model of task .action_recognition."):
         demo.main(["--quick", "--quiet", "--out", str(tmp_path / "bad"), "--models", "cifar_resnet18"])

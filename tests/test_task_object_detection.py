@@ -352,5 +352,5 @@ def test_demo_quick(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from cv_tasks.pipeline import PipelineReport
 
     _check_report(PipelineReport(**model["pipeline"]), "mAP@0.5")
-    with pytest.raises(ValueError, match="not an object_detection model"):
+    with pytest.raises(ValueError, match="not a registered model of task .object_detection."):
         demo.main(["--quiet", "--models", "cifar_resnet18", "--out", str(tmp_path)])
