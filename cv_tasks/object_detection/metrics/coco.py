@@ -13,6 +13,7 @@ import contextlib
 import io
 from typing import Any, Dict, List, Mapping, Sequence
 
+from cv_tasks.object_detection.metrics.accumulator import MapAccumulator
 from cv_tasks.object_detection.metrics.checks import checked_pairs
 
 __all__ = ["CocoMAP", "coco_map"]
@@ -74,18 +75,8 @@ def coco_map(
     return stats if all_stats else stats["mAP"]
 
 
-class CocoMAP:
+class CocoMAP(MapAccumulator):
     """:func:`coco_map` accumulated over ``(images, targets)`` batches (a metric accumulator)."""
 
     def __init__(self) -> None:
-        self.predictions: List[Mapping[str, Any]] = []
-        self.targets: List[Mapping[str, Any]] = []
-
-    def update(self, outputs: Sequence[Mapping[str, Any]], batch_data: Sequence[Any]) -> None:
-        self.predictions.extend({k: v.detach().cpu() for k, v in o.items()} for o in outputs)
-        self.targets.extend(batch_data[1])
-
-    def compute(self) -> float:
-        if not self.targets:
-            raise ValueError("test_loader yielded no images; cannot compute mAP")
-        return float(coco_map(self.predictions, self.targets))
+        super().__init__(coco_map)

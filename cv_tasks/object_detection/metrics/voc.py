@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Mapping, Sequence
 
 import torch
 
+from cv_tasks.object_detection.metrics.accumulator import MapAccumulator
 from cv_tasks.object_detection.metrics.checks import checked_pairs
 
 __all__ = ["VocMAP", "average_precision", "box_iou", "voc_map"]
@@ -100,19 +101,9 @@ def voc_map(
     return (mean, aps) if per_class else mean
 
 
-class VocMAP:
+class VocMAP(MapAccumulator):
     """:func:`voc_map` accumulated over ``(images, targets)`` batches (a metric accumulator)."""
 
     def __init__(self, iou_threshold: float = 0.5) -> None:
+        super().__init__(lambda predictions, targets: voc_map(predictions, targets, iou_threshold))
         self.iou_threshold = iou_threshold
-        self.predictions: List[Mapping[str, Any]] = []
-        self.targets: List[Mapping[str, Any]] = []
-
-    def update(self, outputs: Sequence[Mapping[str, Any]], batch_data: Sequence[Any]) -> None:
-        self.predictions.extend({k: v.detach().cpu() for k, v in o.items()} for o in outputs)
-        self.targets.extend(batch_data[1])
-
-    def compute(self) -> float:
-        if not self.targets:
-            raise ValueError("test_loader yielded no images; cannot compute mAP")
-        return float(voc_map(self.predictions, self.targets, self.iou_threshold))
