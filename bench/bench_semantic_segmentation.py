@@ -33,18 +33,10 @@ from cv_tasks.pipeline import describe, run_pipeline
 from cv_tasks.semantic_segmentation.datasets import COCOSegmentation, coco_dataloaders
 from cv_tasks.semantic_segmentation.metrics import ConfusionMatrix
 from cv_tasks.semantic_segmentation.model_manager import SegmentationModelManager
+from cv_tasks.semantic_segmentation.models.variants import BLOCK_SIZE_RATIO, CPU_VARIANTS
 from legodnn import AutoBlockManager
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128"
-SMALL: Dict[str, Dict[str, Any]] = {
-    "tiny_encoder_decoder": {"width": 16},
-    "fcn_resnet50": {"width": 16, "layers": (1, 2, 2, 1)},
-    "deeplabv3_resnet50": {"width": 16, "layers": (1, 2, 2, 1)},
-    "deeplabv3_mobilenet_v3_large": {"width_mult": 0.5},
-    "lraspp_mobilenet_v3_large": {"width_mult": 0.5},
-}
-#: ASPP is 6 parallel convs; a shallow variant needs a larger share of convs per block
-BLOCK_SIZE_RATIO = {"deeplabv3_resnet50": 0.25}
 
 
 def check_metric_on_annotations(data: Path, size: int) -> Dict[str, Any]:
@@ -110,7 +102,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"coco128 folder (default {DEFAULT_DATA})")
     p.add_argument("--out", type=Path, default=Path("runs") / "bench_semantic_segmentation")
-    p.add_argument("--models", nargs="*", default=sorted(SMALL), choices=sorted(SMALL))
+    p.add_argument("--models", nargs="*", default=sorted(CPU_VARIANTS), choices=sorted(CPU_VARIANTS))
     p.add_argument("--size", type=int, default=128, help="input side in pixels (default 128)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--full", action="store_true", help="torchvision-size models (slow on a CPU)")
@@ -139,7 +131,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                         "num_classes": len(classes)}
     results["pipeline"] = {}
     for name in args.models:
-        kwargs = {} if args.full else SMALL[name]
+        kwargs = {} if args.full else CPU_VARIANTS[name]
         print(f"\n== pipeline: {name} {kwargs}", flush=True)
         shutil.rmtree(args.out / name, ignore_errors=True)  # a fresh run: the retrainer would resume
         torch.manual_seed(0)

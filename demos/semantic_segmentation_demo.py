@@ -37,21 +37,11 @@ from cv_tasks.demo_support import add_run_options, start_run, write_results
 from cv_tasks.pipeline import describe, run_pipeline
 from cv_tasks.semantic_segmentation.datasets import VOC_CLASSES, coco_dataloaders, voc_dataloaders
 from cv_tasks.semantic_segmentation.model_manager import SegmentationModelManager
+from cv_tasks.semantic_segmentation.models.variants import BLOCK_SIZE_RATIO, CPU_VARIANTS
 from cv_tasks.semantic_segmentation.synthetic import synthetic_class_names, write_synthetic_voc
 from cv_tasks.semantic_segmentation.train import train_segmenter
 
 DEFAULT_OUT = Path("runs") / "semantic_segmentation"
-#: CPU-sized variants of each registered segmenter (the demo's teacher)
-VARIANTS: Dict[str, Dict[str, Any]] = {
-    "tiny_encoder_decoder": {"width": 16},
-    "fcn_resnet50": {"width": 16, "layers": (1, 2, 2, 1)},
-    "deeplabv3_resnet50": {"width": 16, "layers": (1, 2, 2, 1)},
-    "deeplabv3_mobilenet_v3_large": {"width_mult": 0.5},
-    "lraspp_mobilenet_v3_large": {"width_mult": 0.5},
-}
-#: the ASPP head is 6 parallel convs: with few backbone layers, 1/8 of the convs per block
-#: is too few to hold it
-BLOCK_SIZE_RATIO = {"deeplabv3_resnet50": 0.25}
 
 
 @dataclass(frozen=True)
@@ -113,7 +103,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="a Pascal VOC or COCO folder (default: generate a synthetic VOC set under --out)")
     p.add_argument("--num-classes", type=int, default=None,
                    help="classes incl. background for VOC-layout data (default 21; synthetic: 4)")
-    p.add_argument("--model", choices=sorted(VARIANTS), default="fcn_resnet50",
+    p.add_argument("--model", choices=sorted(CPU_VARIANTS), default="fcn_resnet50",
                    help="the teacher, at a CPU-sized width (default fcn_resnet50)")
     p.add_argument("--weights", type=Path, default=None, help="trained teacher weights instead of training")
     p.add_argument("--epochs", type=int, default=None, help="teacher training epochs")
@@ -141,7 +131,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     data = load_data(args.data, out, s, args.num_classes, args.seed, verbose)
     say(f"data: {data['description']}")
     num_classes = len(data["classes"])
-    kwargs = dict(VARIANTS[args.model], num_classes=num_classes)
+    kwargs = dict(CPU_VARIANTS[args.model], num_classes=num_classes)
     teacher = cv_tasks.get_model(args.model, weights_path=str(args.weights) if args.weights else None, **kwargs)
     manager = SegmentationModelManager()
     before = manager.evaluate(teacher, data["test"], device)
