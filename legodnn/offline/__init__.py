@@ -8,6 +8,28 @@ from .block_retrainer import (
     BlockRetrainer as BlockRetrainer,
     default_optimizer as default_optimizer,
 )
+from .composition_retrainer import (
+    CompositionHistory as CompositionHistory,
+    CompositionRetrainer as CompositionRetrainer,
+)
 from .profiles import BlockProfile as BlockProfile, ModelProfile as ModelProfile
 
-__all__ = ["AccuracyModelReport", "BlockProfile", "BlockProfiler", "BlockRetrainer", "ModelProfile", "default_optimizer"]
+from .accuracy_fit import (
+    FittedAccuracyModel as FittedAccuracyModel,
+    MeasuredComposition as MeasuredComposition,
+    fit_accuracy_model as fit_accuracy_model,
+)
+
+__all__ = [
+    "AccuracyModelReport",
+    "BlockProfile",
+    "BlockProfiler",
+    "BlockRetrainer",
+    "CompositionHistory",
+    "CompositionRetrainer",
+    "FittedAccuracyModel",
+    "MeasuredComposition",
+    "ModelProfile",
+    "default_optimizer",
+    "fit_accuracy_model",
+]

@@ -25,6 +25,13 @@ from ..blockmanager.measure import count_bytes
 from ..blockmanager.partition import BLOCK_PREFIX
 from ..blockmanager.store import atomic_write_text
 from ..errors import LegoDNNError
+from .accuracy_fit import (
+    ACCURACY_ESTIMATE_JSON,
+    MeasuredComposition,
+    estimate_or_none,
+    fit_accuracy_model,
+    sample_compositions,
+)
 from .profiles import BlockProfile, ModelProfile
 from .replay import RecordingRun, ReplayFrom
 
@@ -41,23 +48,40 @@ class AccuracyModelReport:
 
     ``estimated`` is the additive model of the method (teacher minus summed drops);
     ``estimated_multiplicative`` keeps the fraction of the metric each block retains,
-    ``teacher * prod(1 - drop / teacher)``, which cannot fall below zero when many blocks
-    are pruned at once. ``best`` names the one with the smaller mean absolute error.
+    ``teacher * prod(1 - drop / teacher)``; ``estimated_fitted`` is the estimate fitted
+    on measured compositions by :meth:`BlockProfiler.profile_all_blocks` (empty when the
+    profile has none). ``best`` names the one with the smallest mean absolute error.
     """
 
     compositions: Tuple[Tuple[float, ...], ...]
     estimated: Tuple[float, ...]
     measured: Tuple[float, ...]
     estimated_multiplicative: Tuple[float, ...] = ()
+    estimated_fitted: Tuple[float, ...] = ()
 
-    @property
-    def mean_abs_error_multiplicative(self) -> float:
-        pairs = list(zip(self.estimated_multiplicative, self.measured))
+    @staticmethod
+    def _mae(estimates: Sequence[float], measured: Sequence[float]) -> float:
+        pairs = list(zip(estimates, measured))
         return sum(abs(e - m) for e, m in pairs) / len(pairs) if pairs else float("inf")
 
     @property
+    def mean_abs_error_multiplicative(self) -> float:
+        return self._mae(self.estimated_multiplicative, self.measured)
+
+    @property
+    def mean_abs_error_fitted(self) -> float:
+        return self._mae(self.estimated_fitted, self.measured)
+
+    @property
+    def max_abs_error_fitted(self) -> float:
+        pairs = list(zip(self.estimated_fitted, self.measured))
+        return max(abs(e - m) for e, m in pairs) if pairs else float("inf")
+
+    @property
     def best(self) -> str:
-        return "multiplicative" if self.mean_abs_error_multiplicative < self.mean_abs_error else "additive"
+        errors = {"fitted": self.mean_abs_error_fitted, "additive": self.mean_abs_error,
+                  "multiplicative": self.mean_abs_error_multiplicative}
+        return min(errors, key=lambda k: errors[k])
 
     @property
     def errors(self) -> List[float]:
@@ -124,14 +148,15 @@ class BlockProfiler:
             return teacher, {k: mm.get_model_acc(bm.compose(c), self.test_loader, self.device)
                              for k, c in configs.items()}, -1
         frame = bm.teacher
-        can_replay = replay and isinstance(frame, fx.GraphModule) and all(len(c) == 1 for c in configs.values())
+        can_replay = replay and isinstance(frame, fx.GraphModule)
         teacher_acc = mm.metric_accumulator()
         accs = {k: mm.metric_accumulator() for k in configs}
-        if can_replay:
+        if can_replay:  # single replacements replay from their block; whole compositions run in full
             recording = RecordingRun(frame)
             calls = {n.target[len(BLOCK_PREFIX):]: n for n in frame.graph.nodes
                      if n.op == "call_module" and n.target.startswith(BLOCK_PREFIX)}
-            runners = {k: ReplayFrom(recording, calls[b], m) for k, c in configs.items() for b, m in c.items()}
+            runners = {k: ReplayFrom(recording, calls[next(iter(c))], next(iter(c.values())))
+                       if len(c) == 1 else bm.compose(c) for k, c in configs.items()}
         else:
             runners = {k: bm.compose(c) for k, c in configs.items()}
             recording = frame
@@ -147,12 +172,25 @@ class BlockProfiler:
             raise LegoDNNError("test_loader yielded no batches; profiling needs test data")
         return teacher_acc.compute(), {k: a.compute() for k, a in accs.items()}, samples
 
-    def profile_all_blocks(self) -> ModelProfile:
-        """Measure every (block, sparsity) and write the profile files."""
+    def profile_all_blocks(self, num_compositions: int = 24, seed: int = 0) -> ModelProfile:
+        """Measure every (block, sparsity) and write the profile files.
+
+        In the same pass over the test set, ``num_compositions`` whole compositions (every
+        level, then random ones) are measured end to end and the accuracy estimate the
+        optimizer maximizes is fitted on them (:mod:`accuracy_fit`), written as
+        ``accuracy_estimate.json`` with its cross-validated error. ``num_compositions=0``
+        skips them; the optimizer then falls back to summed single-block drops.
+        """
+        if isinstance(num_compositions, bool) or not isinstance(num_compositions, int) or num_compositions < 0:
+            raise LegoDNNError(f"num_compositions must be a whole number >= 0, got {num_compositions!r}")
         start = time.perf_counter()
         bm, mm = self.block_manager, self.model_manager
         descendants = self._descendants()
-        teacher_metric, metrics, samples = self._score({k: {k[0]: m} for k, m in descendants.items()}, replay=True)
+        configs: Dict[Any, Dict[str, nn.Module]] = {k: {k[0]: m} for k, m in descendants.items()}
+        compositions = sample_compositions(bm.block_names, bm.block_sparsity, num_compositions, seed)
+        for cfg in compositions:
+            configs[("composition", cfg)] = {n: descendants[(n, s)] for n, s in zip(bm.block_names, cfg) if s > 0}
+        teacher_metric, metrics, samples = self._score(configs, replay=True)
         teacher = bm.model
         flops, params = mm.get_model_flops_and_param(teacher, self.model_input_size)
         size = count_bytes(teacher)
@@ -179,13 +217,22 @@ class BlockProfiler:
             blocks=tuple(rows),
         )
         profile.save(self.trained_dir)
+        estimate_path = self.trained_dir / ACCURACY_ESTIMATE_JSON
+        if compositions:
+            fit_accuracy_model(
+                self.metric_name, teacher_metric, bm.block_names, bm.block_sparsity,
+                {k: teacher_metric - v for k, v in metrics.items() if k[0] != "composition"},
+                [MeasuredComposition(cfg, metrics[("composition", cfg)]) for cfg in compositions],
+            ).save(self.trained_dir)
+        elif estimate_path.exists():
+            estimate_path.unlink()  # an estimate fitted on other weights must not outlive them
         if self.verbose:
             tqdm.write(f"profiled {len(descendants)} descendants in {time.perf_counter() - start:.1f} s; "
                        f"teacher {self.metric_name} {teacher_metric:.4f}")
         return profile
 
     def validate_accuracy_model(self, num_compositions: int = 10, seed: int = 0) -> AccuracyModelReport:
-        """Compare teacher-minus-summed-drops with the measured metric of random compositions.
+        """Compare the accuracy estimates with the measured metric of new random compositions.
 
         Needs :meth:`profile_all_blocks` first; writes ``accuracy_model.json``.
         """
@@ -207,8 +254,10 @@ class BlockProfiler:
         estimated = [teacher - sum(d) for d in drops]
         multiplicative = [teacher * math.prod(max(0.0, 1 - x / teacher) for x in d) if teacher > 0 else teacher - sum(d)
                           for d in drops]
+        fitted = estimate_or_none(self.trained_dir)
         report = AccuracyModelReport(tuple(configs), tuple(estimated), tuple(measured[i] for i in range(len(configs))),
-                                     tuple(multiplicative))
+                                     tuple(multiplicative),
+                                     tuple(fitted.estimate(cfg) for cfg in configs) if fitted else ())
         atomic_write_text(
             self.trained_dir / "accuracy_model.json",
             json.dumps({"metric_name": profile.metric_name, "compositions": [list(c) for c in configs],
@@ -216,6 +265,9 @@ class BlockProfiler:
                         "estimated_multiplicative": list(report.estimated_multiplicative),
                         "mean_abs_error": report.mean_abs_error, "max_abs_error": report.max_abs_error,
                         "mean_abs_error_multiplicative": report.mean_abs_error_multiplicative,
+                        "estimated_fitted": list(report.estimated_fitted),
+                        "mean_abs_error_fitted": report.mean_abs_error_fitted if fitted else None,
+                        "max_abs_error_fitted": report.max_abs_error_fitted if fitted else None,
                         "best": report.best}, indent=1),
         )
         return report

@@ -9,7 +9,6 @@ weights with the lowest held-out loss are the ones kept.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -22,18 +21,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..blockmanager.auto_block_manager import AutoBlockManager
-from ..blockmanager.store import (
-    BlockStore,
-    atomic_write_text,
-    copy_file_atomic,
-    remove_manifest,
-    sparsity_tag,
-    write_file_atomic,
-    write_manifest,
-)
+from ..blockmanager.store import atomic_write_text, sparsity_tag, write_file_atomic
 from ..errors import LegoDNNError
 from .capture import capture_block_io
+from .composition_retrainer import CompositionHistory, CompositionStage
 from .holdout import split_holdout
+from .trained_store import write_trained_store
 
 __all__ = ["BlockRetrainer", "default_optimizer"]
 
@@ -57,6 +50,14 @@ class BlockRetrainer:
     ``training/`` with the resume state and the loss history.
     ``val_loader`` gives the held-out data that picks the best epoch; without one,
     about 10% of ``train_loader``'s samples (at most 1,000) are held out.
+
+    ``composition_epochs`` adds composition-aware retraining after the block epochs
+    (:class:`~legodnn.offline.composition_retrainer.CompositionStage`): sampled whole
+    compositions trained end to end against the teacher's output, so that descendants
+    learn to work beside pruned neighbours. ``composition_lr`` (Adam, cosine to 0),
+    ``composition_samples`` (random compositions per step besides the smallest and one
+    whole level), ``temperature`` (of the logit distillation) and ``batchnorm``
+    (``"frozen"``: descendants' BatchNorm on running statistics; ``"train"``) tune it.
     """
 
     def __init__(
@@ -73,9 +74,20 @@ class BlockRetrainer:
         optimizer: Optional[OptimizerFactory] = None,
         loss_fn: Optional[LossFn] = None,
         verbose: bool = True,
+        *,
+        composition_epochs: int = 0,
+        composition_lr: float = 3e-4,
+        composition_samples: int = 2,
+        temperature: float = 2.0,
+        batchnorm: str = "frozen",
+        seed: int = 0,
     ) -> None:
-        if max_epoch < 1:
-            raise ValueError(f"max_epoch must be at least 1, got {max_epoch}")
+        if isinstance(max_epoch, bool) or not isinstance(max_epoch, int) or max_epoch < 1:
+            raise LegoDNNError(f"max_epoch must be a whole number of epochs >= 1, got {max_epoch!r}")
+        if isinstance(composition_epochs, bool) or not isinstance(composition_epochs, int) or composition_epochs < 0:
+            raise LegoDNNError(
+                f"composition_epochs must be a whole number >= 0 (0: block distillation only), got {composition_epochs!r}"
+            )
         self.teacher = teacher_model
         self.block_manager = block_manager
         self.model_manager = model_manager
@@ -90,6 +102,14 @@ class BlockRetrainer:
         self.optimizer_factory = optimizer or default_optimizer
         self.loss_fn = loss_fn or F.mse_loss
         self.verbose = verbose
+        self.composition: Optional[CompositionStage] = None
+        if composition_epochs:
+            self.composition = CompositionStage(
+                block_manager, model_manager, composition_epochs, self.train_loader, self.val_loader,
+                self._state_dir / "composition", device, lr=composition_lr, num_random=composition_samples,
+                temperature=temperature, batchnorm=batchnorm, seed=seed, verbose=verbose,
+            )
+        self.composition_history: Optional[CompositionHistory] = None
 
     # -- state ------------------------------------------------------------------
     @property
@@ -182,7 +202,14 @@ class BlockRetrainer:
             if self.verbose:
                 mean_val = sum(val_loss.values()) / max(1, len(val_loss))
                 tqdm.write(f"epoch {epoch + 1}/{self.max_epoch}: mean held-out block MSE {mean_val:.4g}")
-        self._write_store(best, state)
+        extra: Dict[str, Any] = {}
+        if self.composition is not None:
+            for key, student in students.items():
+                student.load_state_dict(best[key])
+            best, self.composition_history = self.composition.run(students)
+            extra = {"composition_epochs": self.composition.max_epoch,
+                     "composition_best_epoch": self.composition_history.best_epoch}
+        self._write_store(best, state, extra)
         return state["history"]
 
     def _epoch(self, students: Dict[Key, nn.Module], optims: Dict[Key, torch.optim.Optimizer], epoch: int) -> Dict[Key, float]:
@@ -234,24 +261,12 @@ class BlockRetrainer:
             raise LegoDNNError("the held-out loader yielded no samples; give val_loader or more training data")
         return {key: sums[key] / max(1, counts[key]) for key in students}
 
-    def _write_store(self, best: Dict[Key, Dict[str, torch.Tensor]], state: Dict[str, Any]) -> None:
+    def _write_store(self, best: Dict[Key, Dict[str, torch.Tensor]], state: Dict[str, Any], extra: Dict[str, Any]) -> None:
         """The trained blocks directory: the compressed store's files with trained weights."""
-        manifest = copy.deepcopy(self.store.manifest)
-        remove_manifest(self.trained_dir)
-        copy_file_atomic(self.store.root / manifest["frame"]["file"], self.trained_dir / manifest["frame"]["file"])
-        for block in manifest["blocks"]:
-            for desc in block["descendants"]:
-                key = (block["spec"]["name"], float(desc["sparsity"]))
-                target = self.trained_dir / desc["file"]
-                if key in best:
-                    desc["sha256"] = write_file_atomic(target, best[key])
-                else:
-                    copy_file_atomic(self.store.root / desc["file"], target)
-        manifest["trained"] = {
+        atomic_write_text(self._state_dir / "history.json", json.dumps(state["history"], indent=1))
+        write_trained_store(self.store, self.trained_dir, best, {
             "epochs": state["epochs_done"],
             "best_val_loss": state["best_val"],
             "loss": getattr(self.loss_fn, "__name__", type(self.loss_fn).__name__),
-        }
-        atomic_write_text(self._state_dir / "history.json", json.dumps(state["history"], indent=1))
-        write_manifest(self.trained_dir, manifest)
-        BlockStore(self.trained_dir)  # read back: a store we cannot open must fail here, not on the device
+            **extra,
+        })

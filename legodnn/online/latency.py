@@ -178,8 +178,13 @@ def _fit(x: np.ndarray, y: np.ndarray) -> Tuple[float, float]:
 
 def _choose_calibration(sums: np.ndarray, measured: np.ndarray, frame: float) -> Tuple[float, float]:
     """(scale, offset) fitted to ``measured - frame = scale * sums + offset``, kept only when
-    it beats the plain sum in leave-one-out cross-validation (noise must not be fitted)."""
+    it beats the plain sum in leave-one-out cross-validation (noise must not be fitted) and
+    makes physical sense: a positive scale and a non-negative time outside the blocks
+    (a loaded machine can otherwise fit a negative frame time)."""
     if len(sums) < 4:
+        return 1.0, 0.0
+    scale, offset = _fit(sums, measured - frame)
+    if not (scale > 0 and frame + offset >= 0):
         return 1.0, 0.0
     raw_err, cal_err = [], []
     for i in range(len(sums)):
@@ -189,7 +194,7 @@ def _choose_calibration(sums: np.ndarray, measured: np.ndarray, frame: float) ->
         raw_err.append(abs(frame + sums[i] - measured[i]) / measured[i])
     if np.mean(cal_err) >= np.mean(raw_err):
         return 1.0, 0.0
-    return _fit(sums, measured - frame)
+    return scale, offset
 
 
 class _Recorded(nn.Module):

@@ -20,6 +20,7 @@ import torch
 from ..blockmanager.auto_block_manager import AutoBlockManager
 from ..blockmanager.switcher import BlockSwitcher
 from ..errors import InvalidProblemError, LegoDNNError, StoreError
+from ..offline.accuracy_fit import ACCURACY_ESTIMATE_JSON, FittedAccuracyModel, estimate_or_none
 from ..offline.profiles import ModelProfile
 from .latency import LatencyProfile, device_description
 from .solver import ScalingProblem, Solution, cheapest, solve
@@ -37,13 +38,17 @@ class OptimizationResult:
     feasible: bool
     binding: Tuple[str, ...]  # for an infeasible budget: "latency", "memory" or "latency+memory"
     metric_name: str
-    estimated_metric: float  # by the accuracy model in use (teacher minus summed drops by default)
+    estimated_metric: float  # by the accuracy model in use (the fitted one when the profile has it)
     estimated_latency_s: float
     model_bytes: int
     blocks_swapped: Tuple[str, ...]
     bytes_loaded: int
     swap_seconds: float
     solve_seconds: float
+    accuracy_model: str = "additive"  # "fitted", "additive" or "multiplicative"
+    # the fitted estimate's cross-validated error on measured compositions (metric units); NaN if unknown
+    estimate_mean_abs_error: float = float("nan")
+    estimate_max_abs_error: float = float("nan")
 
 
 class InfeasibleBudgetError(LegoDNNError):
@@ -79,6 +84,7 @@ class ScalingOptimizer:
         self.profile = ModelProfile.load(self.trained_dir)
         self.latency = LatencyProfile.load(self.trained_dir)
         self._check_profiles(tuple(model_input_size))
+        self.fitted: Optional[FittedAccuracyModel] = None
         self.accuracy_model = self._accuracy_model(accuracy_model)
         self.problem = self._problem()
         self._switcher = switcher
@@ -121,11 +127,28 @@ class ScalingOptimizer:
             )
 
     def _accuracy_model(self, choice: str) -> str:
-        """"additive" (teacher minus summed drops, the method's model) or "multiplicative"
-        (teacher times the product of retained fractions); "auto" takes the one that
-        ``BlockProfiler.validate_accuracy_model`` found closer to measurements."""
-        if choice not in ("auto", "additive", "multiplicative"):
-            raise ValueError(f"accuracy_model must be 'auto', 'additive' or 'multiplicative', got {choice!r}")
+        """"fitted" (fitted on measured compositions by the profiler, ``accuracy_estimate.json``),
+        "additive" (teacher minus summed drops, the method's model) or "multiplicative"
+        (teacher times the product of retained fractions). "auto" takes the fitted one
+        when the profile has it, else the one ``BlockProfiler.validate_accuracy_model``
+        found closer to measurements."""
+        if choice not in ("auto", "fitted", "additive", "multiplicative"):
+            raise ValueError(
+                f"accuracy_model must be 'auto', 'fitted', 'additive' or 'multiplicative', got {choice!r}")
+        if choice in ("auto", "fitted"):
+            self.fitted = estimate_or_none(self.trained_dir)
+            if self.fitted is not None:
+                bm = self.block_manager
+                if list(self.fitted.block_names) != bm.block_names or list(self.fitted.sparsities) != bm.block_sparsity:
+                    raise StoreError(
+                        f"{self.trained_dir / ACCURACY_ESTIMATE_JSON} covers blocks {list(self.fitted.block_names)} at "
+                        f"{list(self.fitted.sparsities)}, the block manager {bm.block_names} at {bm.block_sparsity}; "
+                        "profile again")
+                return "fitted"
+            if choice == "fitted":
+                raise StoreError(
+                    f"{self.trained_dir / ACCURACY_ESTIMATE_JSON} is missing: run "
+                    "BlockProfiler(...).profile_all_blocks(num_compositions=N) with N > 0")
         if choice != "auto":
             return choice
         path = self.trained_dir / "accuracy_model.json"
@@ -136,14 +159,19 @@ class ScalingOptimizer:
                 logger.warning("cannot read %s; using the additive accuracy model", path)
         return "additive"
 
-    def _drop(self, drop: float, sparsity: float) -> float:
+    def _drop(self, drop: float, sparsity: float, block: str = "") -> float:
         """The objective term of one block: the drop (or its log-retained form).
 
-        A negative measured drop (a descendant scoring above the teacher on a finite test
-        set) is noise, not a reason to prune: it counts as 0, and a tie-break of 1e-9 per
-        unit of sparsity makes equal estimates prefer the less pruned block.
+        For the fitted model it is the fitted term (non-negative by construction, fitted
+        on whole compositions, so nothing is clipped). For the others, a negative measured
+        drop (a descendant scoring above the teacher on a finite test set) is noise, not a
+        reason to prune: it counts as 0. A tie-break of 1e-9 per unit of sparsity makes
+        equal estimates prefer the less pruned block.
         """
-        drop = max(0.0, drop) + 1e-9 * sparsity * max(abs(self.profile.teacher_metric), 1e-3)
+        tie = 1e-9 * sparsity * max(abs(self.profile.teacher_metric), 1e-3)
+        if self.fitted is not None:
+            return self.fitted.term(block, sparsity) + tie
+        drop = max(0.0, drop) + tie
         if self.accuracy_model == "additive":
             return drop
         teacher = self.profile.teacher_metric
@@ -151,6 +179,8 @@ class ScalingOptimizer:
 
     def _estimate(self, total: float) -> float:
         teacher = self.profile.teacher_metric
+        if self.fitted is not None:
+            return self.fitted.estimate_from_total(total)
         if self.accuracy_model == "additive":
             return teacher - total
         return teacher * math.exp(-total / teacher)
@@ -161,7 +191,7 @@ class ScalingOptimizer:
         drops, lats, mems = [], [], []
         for name in self.block_manager.block_names:
             lat = self.latency.block_latencies(name)
-            drops.append([self._drop(table[name][s].metric_drop, s) for s in sparsities])
+            drops.append([self._drop(table[name][s].metric_drop, s, name) for s in sparsities])
             lats.append([lat[s] for s in sparsities])
             mems.append([table[name][s].size_bytes for s in sparsities])
         return ScalingProblem.from_arrays(
@@ -225,6 +255,9 @@ class ScalingOptimizer:
             bytes_loaded=switch.bytes_loaded if switch else 0,
             swap_seconds=switch.seconds if switch else 0.0,
             solve_seconds=solution.solve_seconds,
+            accuracy_model=self.accuracy_model,
+            estimate_mean_abs_error=self.fitted.heldout_mean_abs_error if self.fitted else float("nan"),
+            estimate_max_abs_error=self.fitted.heldout_max_abs_error if self.fitted else float("nan"),
         )
 
     def _explain(self, solution: Solution, max_latency: Optional[float], max_memory: Optional[float]) -> str:

@@ -1,0 +1,272 @@
+"""An accuracy estimate fitted on measured compositions, that the exact optimizer can still maximize.
+
+The method's estimate, teacher minus the summed drops of the blocks measured one at a
+time, misses how errors compound: with every block pruned deeply the model is far
+worse than the sum says, exactly where a tight budget sends the optimizer. This
+estimate keeps the separable shape and adds what the measurements show::
+
+    estimate(c) = teacher - h(sum_b t[b, c_b]),   h(z) = z + curvature * z^2   (z >= 0)
+
+The per-block terms ``t`` start from the single-block drops and are fitted, together
+with ``curvature >= 0``, on compositions measured end to end. ``t`` is kept
+non-negative and non-decreasing in sparsity (more pruning never costs less), so no
+descendant looks free unless the data say so. ``h`` is increasing, so maximizing the
+estimate under budgets is minimizing ``sum_b t[b, c_b]``: still a multiple-choice
+knapsack with per-block values, solved exactly. Its error is measured by k-fold
+cross-validation over the compositions, and reported with every estimate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+
+from ..blockmanager.store import atomic_write_text
+from ..errors import StoreError
+
+__all__ = [
+    "ACCURACY_ESTIMATE_JSON",
+    "FittedAccuracyModel",
+    "MeasuredComposition",
+    "estimate_or_none",
+    "fit_accuracy_model",
+    "sample_compositions",
+]
+
+ACCURACY_ESTIMATE_JSON = "accuracy_estimate.json"
+
+
+@dataclass(frozen=True)
+class MeasuredComposition:
+    """One composition (a sparsity per block, in block order) and its measured metric."""
+
+    sparsities: Tuple[float, ...]
+    metric: float
+
+
+@dataclass(frozen=True)
+class FittedAccuracyModel:
+    """Teacher metric minus a convex increasing link of summed per-block terms.
+
+    ``terms[b][k]`` belongs to block ``block_names[b]`` at ``sparsities[k]`` (0 at
+    sparsity 0). ``heldout_*`` are the cross-validated errors on measured compositions
+    (in metric units; NaN when there were too few compositions to hold any out).
+    """
+
+    metric_name: str
+    teacher_metric: float
+    block_names: Tuple[str, ...]
+    sparsities: Tuple[float, ...]
+    terms: Tuple[Tuple[float, ...], ...]
+    curvature: float
+    heldout_mean_abs_error: float
+    heldout_max_abs_error: float
+    num_compositions: int
+
+    def link(self, z: float) -> float:
+        return z + self.curvature * max(z, 0.0) ** 2
+
+    def term(self, block: str, sparsity: float) -> float:
+        return self.terms[self.block_names.index(block)][self.sparsities.index(sparsity)]
+
+    def total(self, sparsities: Sequence[float]) -> float:
+        return sum(self.terms[b][self.sparsities.index(s)] for b, s in enumerate(sparsities))
+
+    def estimate(self, sparsities: Sequence[float]) -> float:
+        """The estimated metric of the composition (one sparsity per block, in block order)."""
+        return self.teacher_metric - self.link(self.total(sparsities))
+
+    def estimate_from_total(self, total: float) -> float:
+        return self.teacher_metric - self.link(total)
+
+    def save(self, directory: Union[str, Path]) -> Path:
+        path = Path(directory) / ACCURACY_ESTIMATE_JSON
+        atomic_write_text(path, json.dumps(asdict(self), indent=1))
+        return path
+
+    @classmethod
+    def load(cls, directory: Union[str, Path]) -> "FittedAccuracyModel":
+        path = Path(directory) / ACCURACY_ESTIMATE_JSON
+        if not path.is_file():
+            raise StoreError(f"{path} is missing: run BlockProfiler(...).profile_all_blocks() first")
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+            model = cls(
+                metric_name=str(d["metric_name"]),
+                teacher_metric=float(d["teacher_metric"]),
+                block_names=tuple(d["block_names"]),
+                sparsities=tuple(float(s) for s in d["sparsities"]),
+                terms=tuple(tuple(float(t) for t in row) for row in d["terms"]),
+                curvature=float(d["curvature"]),
+                heldout_mean_abs_error=float(d["heldout_mean_abs_error"]),
+                heldout_max_abs_error=float(d["heldout_max_abs_error"]),
+                num_compositions=int(d["num_compositions"]),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"cannot read {path}: {exc}; profile the blocks again") from exc
+        values = [model.teacher_metric, model.curvature, *(t for row in model.terms for t in row)]
+        if not all(math.isfinite(v) for v in values) or model.curvature < 0 or any(
+                t < 0 for row in model.terms for t in row):
+            raise StoreError(f"{path} holds non-finite or negative terms; profile the blocks again")
+        if len(model.terms) != len(model.block_names) or any(len(r) != len(model.sparsities) for r in model.terms):
+            raise StoreError(f"{path} has terms of the wrong shape; profile the blocks again")
+        return model
+
+
+class _Fit(torch.nn.Module):
+    """Parameters: per block, non-negative increments between consecutive sparsities."""
+
+    def __init__(self, init_terms: torch.Tensor, curvature: float) -> None:
+        super().__init__()
+        steps = torch.diff(init_terms, dim=1, prepend=torch.zeros_like(init_terms[:, :1]))[:, 1:]
+        self.raw_steps = torch.nn.Parameter(_inv_softplus(steps.clamp_min(1e-6)))
+        self.raw_curvature = torch.nn.Parameter(_inv_softplus(torch.tensor(max(curvature, 1e-6), dtype=init_terms.dtype)))
+
+    def terms(self) -> torch.Tensor:
+        steps = torch.nn.functional.softplus(self.raw_steps)
+        return torch.cat([torch.zeros_like(steps[:, :1]), steps.cumsum(1)], dim=1)
+
+    def curvature(self) -> torch.Tensor:
+        return torch.nn.functional.softplus(self.raw_curvature)
+
+    def forward(self, onehot: torch.Tensor) -> torch.Tensor:
+        z = (onehot * self.terms()).sum((1, 2))
+        return z + self.curvature() * z.clamp_min(0) ** 2
+
+
+def _inv_softplus(x: torch.Tensor) -> torch.Tensor:
+    return x + torch.log(-torch.expm1(-x))
+
+
+def _onehot(configs: Sequence[Sequence[float]], sparsities: Sequence[float]) -> torch.Tensor:
+    index = {s: k for k, s in enumerate(sparsities)}
+    out = torch.zeros(len(configs), len(configs[0]) if configs else 0, len(sparsities), dtype=torch.float64)
+    for i, cfg in enumerate(configs):
+        for b, s in enumerate(cfg):
+            out[i, b, index[float(s)]] = 1.0
+    return out
+
+
+def _fit_once(
+    teacher: float,
+    init: torch.Tensor,
+    configs: Sequence[Sequence[float]],
+    metrics: Sequence[float],
+    sparsities: Sequence[float],
+    ridge: float,
+) -> Tuple[torch.Tensor, float]:
+    onehot = _onehot(configs, sparsities)
+    drop = teacher - torch.tensor(list(metrics), dtype=torch.float64)
+    model = _Fit(init.clamp_min(0).cummax(1).values, 0.1)
+    prior = init.clamp_min(0)
+    opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=500, tolerance_grad=1e-12,
+                            tolerance_change=1e-14, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = ((model(onehot) - drop) ** 2).mean() + ridge * ((model.terms() - prior) ** 2).mean()
+        loss.backward()
+        return loss
+
+    for _ in range(3):
+        opt.step(closure)
+    with torch.no_grad():
+        return model.terms().detach(), float(model.curvature())
+
+
+def fit_accuracy_model(
+    metric_name: str,
+    teacher_metric: float,
+    block_names: Sequence[str],
+    sparsities: Sequence[float],
+    single_drops: Mapping[Tuple[str, float], float],
+    compositions: Sequence[MeasuredComposition],
+    folds: int = 5,
+    ridge: float = 1e-3,
+) -> FittedAccuracyModel:
+    """Fit the terms and the curvature on single-block drops and measured compositions.
+
+    ``single_drops[(block, s)]`` is the drop of the teacher with only that block at ``s``
+    (what the profiler measures for every descendant); ``compositions`` are whole
+    configurations measured on the same data. The error reported is that of ``folds``-fold
+    cross-validation over the compositions (each predicted by a fit that never saw it);
+    the model returned is fitted on all of them. ``ridge`` pulls each term gently towards
+    its single-block drop, which only matters for options no composition used.
+    """
+    names, levels = list(block_names), [float(s) for s in sparsities]
+    init = torch.zeros(len(names), len(levels), dtype=torch.float64)
+    for b, name in enumerate(names):
+        for k, s in enumerate(levels):
+            if s > 0:
+                init[b, k] = float(single_drops[(name, s)])
+    singles: List[Tuple[Tuple[float, ...], float]] = []
+    for b, name in enumerate(names):
+        for s in levels:
+            if s > 0:
+                cfg = tuple(s if i == b else 0.0 for i in range(len(names)))
+                singles.append((cfg, teacher_metric - float(single_drops[(name, s)])))
+    comps = [(tuple(float(s) for s in c.sparsities), float(c.metric)) for c in compositions]
+    for cfg, _ in comps:
+        if len(cfg) != len(names) or any(s not in levels for s in cfg):
+            raise ValueError(f"composition {cfg} does not give one of {levels} for each of {len(names)} blocks")
+
+    def fit(points: Sequence[Tuple[Tuple[float, ...], float]]) -> Tuple[torch.Tensor, float]:
+        data = singles + list(points)
+        return _fit_once(teacher_metric, init, [c for c, _ in data], [m for _, m in data], levels, ridge)
+
+    errors: List[float] = []
+    k = min(folds, len(comps))
+    if k >= 2:
+        for f in range(k):
+            held = comps[f::k]
+            kept = [c for i, c in enumerate(comps) if i % k != f]
+            terms, curvature = fit(kept)
+            for cfg, measured in held:
+                z = float(sum(terms[b, levels.index(s)] for b, s in enumerate(cfg)))
+                errors.append(teacher_metric - (z + curvature * max(z, 0.0) ** 2) - measured)
+    terms, curvature = fit(comps)
+    nan = float("nan")
+    return FittedAccuracyModel(
+        metric_name=metric_name,
+        teacher_metric=float(teacher_metric),
+        block_names=tuple(names),
+        sparsities=tuple(levels),
+        terms=tuple(tuple(float(t) for t in row) for row in terms),
+        curvature=float(curvature),
+        heldout_mean_abs_error=sum(abs(e) for e in errors) / len(errors) if errors else nan,
+        heldout_max_abs_error=max(abs(e) for e in errors) if errors else nan,
+        num_compositions=len(comps),
+    )
+
+
+def sample_compositions(block_names: Sequence[str], sparsities: Sequence[float], n: int,
+                        seed: int = 0) -> List[Tuple[float, ...]]:
+    """``n`` distinct compositions to fit on: every whole level first, then random ones.
+
+    The whole levels are where compounding is strongest; random ones (each block uniform
+    over the sparsities) cover the mixed configurations a budget picks.
+    """
+    import random
+
+    rng = random.Random(seed)
+    levels = [float(s) for s in sparsities if s > 0]
+    out: List[Tuple[float, ...]] = [(s,) * len(block_names) for s in levels][:n]
+    tries = 0
+    while len(out) < n and tries < 100 * max(1, n):
+        tries += 1
+        cfg = tuple(rng.choice([float(s) for s in sparsities]) for _ in block_names)
+        if sum(s > 0 for s in cfg) >= 2 and cfg not in out:
+            out.append(cfg)
+    return out
+
+
+def estimate_or_none(directory: Union[str, Path]) -> Optional[FittedAccuracyModel]:
+    """The fitted model of a trained blocks directory, or ``None`` when it has none."""
+    path = Path(directory) / ACCURACY_ESTIMATE_JSON
+    return FittedAccuracyModel.load(directory) if path.is_file() else None
+

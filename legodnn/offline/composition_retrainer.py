@@ -1,0 +1,316 @@
+"""Composition-aware retraining: descendants learn to work beside pruned neighbours.
+
+After block-level distillation, every descendant reproduces its teacher block on the
+teacher's inputs. This stage trains sampled *whole compositions* end to end against
+the teacher's output (:func:`~legodnn.offline.composition.distillation_loss`), so that
+the errors of neighbouring descendants stop compounding. Per batch the teacher runs
+once; each composition of the sandwich (:class:`SandwichSampler`) then runs forward
+and backward, its gradients accumulating into the descendants it uses, and one
+optimizer step follows. Only descendants change: the frame and the sparsity-0 blocks
+(the teacher's own) are frozen and stay bit-identical.
+
+It keeps the block retrainer's guarantees: a progress bar (or none), the state after
+each epoch on disk so an interrupted run resumes and ends with the same weights, a
+non-finite loss stops with a message, and the weights kept are those with the lowest
+held-out loss over a fixed set of compositions. Memory holds one batch's graph of one
+composition at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..blockmanager.auto_block_manager import AutoBlockManager
+from ..blockmanager.store import atomic_write_text, write_file_atomic
+from ..errors import LegoDNNError
+from .composition import SandwichSampler, SwitchableModel, distillation_loss
+
+__all__ = ["CompositionStage", "CompositionRetrainer", "CompositionHistory"]
+
+logger = logging.getLogger(__name__)
+
+Key = Tuple[str, float]
+LossFn = Callable[[Any, Any], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class CompositionHistory:
+    """Per epoch: mean training loss over sampled compositions and held-out loss over fixed ones."""
+
+    train: Tuple[float, ...]
+    val: Tuple[float, ...]
+    best_epoch: int  # 1-based; 0 when no epoch beat the weights the stage started from
+    validation_compositions: Tuple[Tuple[float, ...], ...]
+
+
+def _key_name(key: Key) -> str:
+    return f"{key[0]}@{key[1]:g}"
+
+
+def _flatten(students: Dict[Key, nn.Module]) -> Dict[str, torch.Tensor]:
+    return {f"{_key_name(k)}/{n}": v for k, m in students.items() for n, v in m.state_dict().items()}
+
+
+def _unflatten(tensors: Dict[str, torch.Tensor], keys: Iterable[Key]) -> Dict[Key, Dict[str, torch.Tensor]]:
+    out: Dict[Key, Dict[str, torch.Tensor]] = {k: {} for k in keys}
+    names = {_key_name(k): k for k in out}
+    for flat, value in tensors.items():
+        prefix, _, name = flat.partition("/")
+        out[names[prefix]][name] = value
+    return out
+
+
+def _model_output(model_manager: Any, model: nn.Module, batch: Any, device: str) -> Any:
+    """The model's output with autograd on, through the manager when it says how."""
+    forward = getattr(model_manager, "forward_for_training", None)
+    if forward is not None:
+        return forward(model, batch, device)
+    data = batch[0] if isinstance(batch, (list, tuple)) else batch
+    return model(data.to(device))
+
+
+class CompositionStage:
+    """The training loop on descendants held in memory (used by both retrainers).
+
+    ``state_dir`` holds the resume state; :meth:`run` returns the best weights per
+    descendant and the history.
+    """
+
+    def __init__(
+        self,
+        block_manager: AutoBlockManager,
+        model_manager: Any,
+        max_epoch: int,
+        train_loader: Iterable[Any],
+        val_loader: Iterable[Any],
+        state_dir: Path,
+        device: str = "cpu",
+        *,
+        lr: float = 3e-4,
+        num_random: int = 2,
+        temperature: float = 2.0,
+        batchnorm: str = "frozen",
+        loss_fn: Optional[LossFn] = None,
+        seed: int = 0,
+        verbose: bool = True,
+    ) -> None:
+        if isinstance(max_epoch, bool) or not isinstance(max_epoch, int) or max_epoch < 1:
+            raise LegoDNNError(f"composition epochs must be a whole number >= 1, got {max_epoch!r}")
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise LegoDNNError(f"composition lr must be a positive finite number, got {lr!r}")
+        if isinstance(num_random, bool) or not isinstance(num_random, int) or num_random < 0:
+            raise LegoDNNError(f"composition num_random must be a whole number >= 0, got {num_random!r}")
+        if batchnorm not in ("frozen", "train"):
+            raise LegoDNNError(f"batchnorm must be 'frozen' or 'train', got {batchnorm!r}")
+        self.bm, self.mm = block_manager, model_manager
+        self.max_epoch = max_epoch
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.state_dir = Path(state_dir)
+        self.device = device
+        self.lr, self.batchnorm, self.verbose = float(lr), batchnorm, verbose
+        self.loss_fn: LossFn = loss_fn or (lambda s, t: distillation_loss(s, t, temperature))
+        self.sampler = SandwichSampler(tuple(block_manager.block_sparsity), len(block_manager.block_names),
+                                       num_random, seed)
+
+    # -- state --------------------------------------------------------------------
+    def _fingerprint(self, students: Dict[Key, nn.Module]) -> str:
+        """What the state belongs to: the model, the options and the starting weights."""
+        h = hashlib.sha256(self.bm.fingerprint.encode())
+        h.update(repr((self.max_epoch, self.lr, self.batchnorm, self.sampler)).encode())
+        for key in sorted(students):
+            for name, value in sorted(students[key].state_dict().items()):
+                h.update(name.encode())
+                h.update(value.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def _load(self, students: Dict[Key, nn.Module], optim: torch.optim.Optimizer, fingerprint: str) -> Dict[str, Any]:
+        path = self.state_dir / "state.json"
+        if not path.is_file():
+            return {"epochs_done": 0, "train": [], "val": [], "best_val": math.inf, "best_epoch": 0,
+                    "fingerprint": fingerprint}
+        state = json.loads(path.read_text(encoding="utf-8"))
+        if state.get("fingerprint") != fingerprint:
+            raise LegoDNNError(
+                f"{self.state_dir} holds composition-training state for other blocks, weights or options; "
+                "delete it (or choose another trained_blocks_dir) to start over"
+            )
+        from safetensors.torch import load_file
+
+        last = _unflatten(load_file(str(self.state_dir / "last.safetensors")), students)
+        for key, student in students.items():
+            student.load_state_dict(last[key])
+        optim.load_state_dict(torch.load(self.state_dir / "optim.pt", weights_only=True))
+        logger.info("resuming composition training after epoch %d", state["epochs_done"])
+        return state
+
+    def _save(self, state: Dict[str, Any], students: Dict[Key, nn.Module], best: Dict[str, torch.Tensor],
+              optim: torch.optim.Optimizer) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        write_file_atomic(self.state_dir / "last.safetensors", _flatten(students))
+        write_file_atomic(self.state_dir / "best.safetensors", best)
+        tmp = self.state_dir / "optim.pt.tmp"
+        torch.save(optim.state_dict(), tmp)
+        tmp.replace(self.state_dir / "optim.pt")
+        atomic_write_text(self.state_dir / "state.json", json.dumps(state, indent=1))  # last: marks the epoch done
+
+    # -- training -----------------------------------------------------------------
+    def run(self, students: Dict[Key, nn.Module]) -> Tuple[Dict[Key, Dict[str, torch.Tensor]], CompositionHistory]:
+        """Train ``students`` (modified in place) and return the best weights and the history."""
+        fingerprint = self._fingerprint(students)
+        params = [p for s in students.values() for p in s.parameters()]
+        optim = torch.optim.Adam(params, lr=self.lr)
+        state = self._load(students, optim, fingerprint)
+        if state["epochs_done"] and (self.state_dir / "best.safetensors").is_file():
+            from safetensors.torch import load_file
+
+            best = load_file(str(self.state_dir / "best.safetensors"))
+        else:
+            best = {k: v.detach().clone() for k, v in _flatten(students).items()}
+        net = SwitchableModel(self.bm, students)
+        validation = self.sampler.validation_set()
+        try:
+            if state["epochs_done"] == 0 and not math.isfinite(state["best_val"]):
+                state["best_val"] = self._validate(net, validation)  # the block-trained weights compete too
+            steps = self._steps_per_epoch()
+            for epoch in range(state["epochs_done"], self.max_epoch):
+                train_loss = self._epoch(net, optim, epoch, steps)
+                val_loss = self._validate(net, validation)
+                state["train"].append(train_loss)
+                state["val"].append(val_loss)
+                if val_loss < state["best_val"]:
+                    state["best_val"], state["best_epoch"] = val_loss, epoch + 1
+                    best = {k: v.detach().clone() for k, v in _flatten(students).items()}
+                state["epochs_done"] = epoch + 1
+                self._save(state, students, best, optim)
+                if self.verbose:
+                    tqdm.write(f"composition epoch {epoch + 1}/{self.max_epoch}: train loss {train_loss:.4g}, "
+                               f"held-out loss {val_loss:.4g}")
+        finally:
+            net.restore()
+        history = CompositionHistory(tuple(state["train"]), tuple(state["val"]), int(state["best_epoch"]),
+                                     tuple(validation))
+        return _unflatten(best, students), history
+
+    def _steps_per_epoch(self) -> Optional[int]:
+        try:
+            return len(self.train_loader)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+
+    def _set_lr(self, optim: torch.optim.Optimizer, epoch: int, step: int, steps: Optional[int]) -> None:
+        """Cosine from ``lr`` to 0 over the stage, from (epoch, step) alone so resuming repeats it."""
+        if steps is None:
+            progress = epoch / self.max_epoch
+        else:
+            progress = (epoch * steps + step) / max(1, self.max_epoch * steps)
+        for group in optim.param_groups:
+            group["lr"] = self.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    def _epoch(self, net: SwitchableModel, optim: torch.optim.Optimizer, epoch: int, steps: Optional[int]) -> float:
+        net.train_descendants(self.batchnorm)
+        total, count = 0.0, 0
+        bar = tqdm(self.train_loader, desc=f"composition training {epoch + 1}/{self.max_epoch}",
+                   disable=not self.verbose, leave=False)
+        for step, batch in enumerate(bar):
+            target = self.mm.forward_to_gen_mid_data(self.bm.teacher, batch, self.device)
+            self._set_lr(optim, epoch, step, steps)
+            optim.zero_grad(set_to_none=True)
+            for config in self.sampler.sample(epoch, step):
+                net.select(config)
+                loss = self.loss_fn(_model_output(self.mm, net.model, batch, self.device), target)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise LegoDNNError(
+                        f"composition {list(config)}: the distillation loss became {value} in epoch {epoch + 1}; "
+                        "lower the learning rate (composition_lr=...) or check the data. Completed epochs are "
+                        f"saved in {self.state_dir}"
+                    )
+                loss.backward()
+                total += value
+                count += 1
+            optim.step()
+        if count == 0:
+            raise LegoDNNError("train_loader yielded no batches; composition retraining needs training data")
+        return total / count
+
+    @torch.no_grad()
+    def _validate(self, net: SwitchableModel, validation: List[Tuple[float, ...]]) -> float:
+        net.model.eval()
+        total, count = 0.0, 0
+        for batch in self.val_loader:
+            target = self.mm.forward_to_gen_mid_data(self.bm.teacher, batch, self.device)
+            for config in validation:
+                net.select(config)
+                total += float(self.loss_fn(_model_output(self.mm, net.model, batch, self.device), target))
+                count += 1
+        if count == 0:
+            raise LegoDNNError("the held-out loader yielded no batches; give val_loader or more training data")
+        return total / count
+
+
+class CompositionRetrainer:
+    """Composition-aware retraining of a trained blocks directory into a new one.
+
+    Reads the descendants of ``source_blocks_dir`` (usually written by
+    :class:`BlockRetrainer`), trains them by :class:`CompositionStage` and writes a
+    complete blocks directory to ``target_blocks_dir`` (its ``training/composition/``
+    holds the resume state). ``BlockRetrainer(..., composition_epochs=N)`` runs the same
+    stage directly after block distillation instead.
+    """
+
+    def __init__(
+        self,
+        teacher_model: nn.Module,
+        block_manager: AutoBlockManager,
+        model_manager: Any,
+        source_blocks_dir: str,
+        target_blocks_dir: str,
+        max_epoch: int,
+        train_loader: Iterable[Any],
+        val_loader: Optional[Iterable[Any]] = None,
+        device: str = "cpu",
+        verbose: bool = True,
+        **options: Any,
+    ) -> None:
+        from .holdout import split_holdout
+
+        if Path(source_blocks_dir).resolve() == Path(target_blocks_dir).resolve():
+            raise LegoDNNError(
+                f"target_blocks_dir {target_blocks_dir!r} is the source: write the retrained blocks to a new "
+                "directory so the source stays intact until they are complete"
+            )
+        self.teacher = teacher_model
+        self.block_manager = block_manager
+        self.store = block_manager.open_store(source_blocks_dir)
+        self.target = Path(target_blocks_dir)
+        if val_loader is None:
+            train_loader, val_loader = split_holdout(train_loader)
+        self.stage = CompositionStage(block_manager, model_manager, max_epoch, train_loader, val_loader,
+                                      self.target / "training" / "composition", device, verbose=verbose, **options)
+        self.device = device
+
+    def train_all_compositions(self) -> CompositionHistory:
+        """Train and write ``target_blocks_dir``; returns the per-epoch losses."""
+        from .trained_store import write_trained_store
+
+        bm = self.block_manager
+        students = {(b, s): bm.load_descendant(self.store, b, s).to(self.device)
+                    for b in bm.block_names for s in bm.block_sparsity if s > 0}
+        best, history = self.stage.run(students)
+        write_trained_store(self.store, self.target, best, {
+            "composition_epochs": self.stage.max_epoch,
+            "composition_best_epoch": history.best_epoch,
+            "composition_best_val_loss": min((history.val[history.best_epoch - 1],) if history.best_epoch else (),
+                                             default=None),
+        })
+        return history

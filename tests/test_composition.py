@@ -1,0 +1,283 @@
+"""Composition-aware retraining and the fitted accuracy estimate."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from zoo import build
+
+from legodnn import AutoBlockManager, BlockSwitcher, CommonModelManager, LegoDNNError
+from legodnn.offline import BlockProfiler, BlockRetrainer, CompositionRetrainer
+from legodnn.offline.accuracy_fit import FittedAccuracyModel, MeasuredComposition, fit_accuracy_model
+from legodnn.offline.composition import SandwichSampler, distillation_loss
+from legodnn.online.solver import ScalingProblem, brute_force, solve
+
+SIZE = (1, 3, 32, 32)
+SPARSITIES = [0.0, 0.4, 0.8]
+
+
+def _batches(n: int, seed: int, batch: int = 8):
+    """A fixed list of (images, labels) batches: the same order every epoch, so resuming repeats it."""
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(batch, 3, 32, 32, generator=g), torch.randint(0, 10, (batch,), generator=g))
+            for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("composition")
+    model = build("functional")
+    mm = CommonModelManager()
+    bm = AutoBlockManager(SPARSITIES, model, mm, SIZE, verbose=False)
+    bm.extract_all_blocks(str(root / "compressed"))
+    train, val = _batches(4, 0), _batches(2, 1)
+    BlockRetrainer(model, bm, mm, str(root / "compressed"), str(root / "blocks"), 1, train, val,
+                   verbose=False).train_all_blocks()
+    return root, model, mm, bm, train, val
+
+
+def _weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    manifest = json.loads((path / "manifest.json").read_text())
+    out = {"frame": load_file(str(path / manifest["frame"]["file"]))}
+    for block in manifest["blocks"]:
+        for d in block["descendants"]:
+            out[(block["spec"]["name"], d["sparsity"])] = load_file(str(path / d["file"]))
+    return out
+
+
+def test_sampler_covers_the_extremes_and_repeats() -> None:
+    sampler = SandwichSampler((0.0, 0.3, 0.6, 0.8), 5, num_random=3, seed=7)
+    seen_levels = set()
+    for step in range(6):
+        configs = sampler.sample(0, step)
+        assert configs[0] == (0.8,) * 5  # the smallest, every step
+        assert configs == sampler.sample(0, step)  # a function of (seed, epoch, step) alone
+        assert all(any(s > 0 for s in c) for c in configs)
+        seen_levels |= {c[0] for c in configs if len(set(c)) == 1}
+    assert seen_levels == {0.3, 0.6, 0.8}
+    assert sampler.sample(1, 0) != sampler.sample(0, 0) or sampler.sample(1, 1) != sampler.sample(0, 1)
+
+
+def test_distillation_loss_is_zero_only_at_the_teacher() -> None:
+    logits = torch.randn(4, 10)
+    assert float(distillation_loss(logits, logits)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distillation_loss(logits + torch.randn(4, 10), logits)) > 0
+    maps = {"a": torch.randn(2, 3, 4, 4), "b": [torch.randn(2, 5)]}
+    assert float(distillation_loss(maps, maps)) == 0.0
+    with pytest.raises(TypeError, match="floating-point"):
+        distillation_loss([torch.arange(3)], [torch.arange(3)])
+
+
+def test_stage_changes_only_descendants(setup, tmp_path: Path) -> None:
+    root, model, mm, bm, train, val = setup
+    before = _weights(root / "blocks")
+    teacher_state = {k: v.clone() for k, v in model.state_dict().items()}
+    history = CompositionRetrainer(model, bm, mm, str(root / "blocks"), str(tmp_path / "out"), 2, train, val,
+                                   verbose=False, lr=1e-2).train_all_compositions()
+    after = _weights(tmp_path / "out")
+    assert len(history.train) == len(history.val) == 2
+    assert all(torch.equal(v, after["frame"][k]) for k, v in before["frame"].items())
+    changed = 0
+    for key, tensors in before.items():
+        if key == "frame":
+            continue
+        same = all(torch.equal(v, after[key][k]) for k, v in tensors.items())
+        if key[1] == 0.0:
+            assert same, f"the teacher's block {key[0]} changed"
+        else:
+            changed += not same
+    if history.best_epoch:
+        assert changed > 0
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in teacher_state.items())
+    assert all(p.requires_grad for p in model.parameters())
+    # sparsity 0 composes to exactly the teacher
+    sw = BlockSwitcher(str(tmp_path / "out"), build("functional", seed=5))
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(sw.model(x), model(x))
+
+
+def test_composition_training_lowers_the_loss(setup, tmp_path: Path) -> None:
+    root, model, mm, bm, train, val = setup
+    history = CompositionRetrainer(model, bm, mm, str(root / "blocks"), str(tmp_path / "out"), 3, train, train,
+                                   verbose=False, lr=3e-3).train_all_compositions()
+    assert history.val[-1] < history.val[0] or history.best_epoch > 0
+    assert history.train[-1] < history.train[0]
+
+
+def test_resume_gives_the_same_weights(setup, tmp_path: Path) -> None:
+    root, model, mm, bm, train, val = setup
+    straight = tmp_path / "straight"
+    CompositionRetrainer(model, bm, mm, str(root / "blocks"), str(straight), 2, train, val, verbose=False,
+                         lr=1e-2).train_all_compositions()
+
+    class Interrupt(Exception):
+        pass
+
+    class Failing(list):
+        """The training batches, failing half-way through the second epoch."""
+
+        passes = 0
+
+        def __iter__(self):
+            Failing.passes += 1
+            for i, b in enumerate(list.__iter__(self)):
+                if Failing.passes == 2 and i == 2:
+                    raise Interrupt
+                yield b
+
+    resumed = tmp_path / "resumed"
+    with pytest.raises(Interrupt):
+        CompositionRetrainer(model, bm, mm, str(root / "blocks"), str(resumed), 2, Failing(train), val,
+                             verbose=False, lr=1e-2).train_all_compositions()
+    assert not (resumed / "manifest.json").exists()
+    assert json.loads((resumed / "training" / "composition" / "state.json").read_text())["epochs_done"] == 1
+    CompositionRetrainer(model, bm, mm, str(root / "blocks"), str(resumed), 2, train, val, verbose=False,
+                         lr=1e-2).train_all_compositions()
+    a, b = _weights(straight), _weights(resumed)
+    for key in a:
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    # other options must not resume from this state
+    with pytest.raises(LegoDNNError, match="other blocks, weights or options"):
+        CompositionRetrainer(model, bm, mm, str(root / "blocks"), str(resumed), 3, train, val, verbose=False,
+                             lr=1e-2).train_all_compositions()
+
+
+def test_nan_stops_with_a_message(setup, tmp_path: Path) -> None:
+    root, model, mm, bm, train, val = setup
+    bad = [(torch.full_like(x, float("nan")), y) for x, y in train]
+    with pytest.raises(LegoDNNError, match="distillation loss became nan"):
+        CompositionRetrainer(model, bm, mm, str(root / "blocks"), str(tmp_path / "o"), 1, bad, val,
+                             verbose=False).train_all_compositions()
+
+
+def test_bad_options(setup, tmp_path: Path) -> None:
+    root, model, mm, bm, train, val = setup
+    for kwargs, match in (({"max_epoch": 1.5}, "whole number"), ({"max_epoch": 0}, "whole number"),
+                          ({"max_epoch": 1, "lr": -1.0}, "lr"), ({"max_epoch": 1, "batchnorm": "x"}, "batchnorm")):
+        with pytest.raises(LegoDNNError, match=match):
+            CompositionRetrainer(model, bm, mm, str(root / "blocks"), str(tmp_path / "o"), train_loader=train,
+                                 val_loader=val, verbose=False, **kwargs)
+    with pytest.raises(LegoDNNError, match="is the source"):
+        CompositionRetrainer(model, bm, mm, str(root / "blocks"), str(root / "blocks"), 1, train, val)
+    with pytest.raises(LegoDNNError, match="composition_epochs"):
+        BlockRetrainer(model, bm, mm, str(root / "compressed"), str(tmp_path / "t"), 1, train, val,
+                       composition_epochs=-1)
+
+
+def test_block_retrainer_runs_the_stage(setup, tmp_path: Path) -> None:
+    root, model, mm, bm, train, val = setup
+    r = BlockRetrainer(model, bm, mm, str(root / "compressed"), str(tmp_path / "t"), 1, train, val,
+                       verbose=False, composition_epochs=1)
+    r.train_all_blocks()
+    assert r.composition_history is not None and len(r.composition_history.val) == 1
+    manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
+    assert manifest["trained"]["composition_epochs"] == 1
+    assert (tmp_path / "t" / "training" / "composition" / "state.json").is_file()
+
+
+# -- the fitted accuracy estimate ---------------------------------------------------------
+
+
+def _synthetic(seed: int, curvature: float):
+    rng = random.Random(seed)
+    names = [f"block_{i}" for i in range(6)]
+    levels = [0.0, 0.3, 0.6, 0.8]
+    true = {}
+    for n in names:
+        a = rng.uniform(0.002, 0.01)
+        true[(n, 0.3)], true[(n, 0.6)] = a, a * rng.uniform(2, 3)
+        true[(n, 0.8)] = true[(n, 0.6)] * rng.uniform(1.5, 2.5)
+
+    def metric(cfg):
+        z = sum(true[(n, s)] for n, s in zip(names, cfg) if s > 0)
+        return 0.9 - (z + curvature * z * z)
+
+    singles = {(n, s): 0.9 - metric(tuple(s if m == n else 0.0 for m in names)) for n in names for s in levels if s}
+    return names, levels, metric, singles, rng
+
+
+def test_fit_recovers_a_known_interaction() -> None:
+    names, levels, metric, singles, rng = _synthetic(1, curvature=4.0)
+    configs = [tuple(rng.choice(levels) for _ in names) for _ in range(30)]
+    fitted = fit_accuracy_model("accuracy", 0.9, names, levels, singles,
+                                [MeasuredComposition(c, metric(c)) for c in configs])
+    assert fitted.curvature == pytest.approx(4.0, rel=0.05)
+    assert fitted.heldout_max_abs_error < 1e-3
+    for cfg in itertools.islice(itertools.product(levels, repeat=len(names)), 0, None, 97):
+        assert fitted.estimate(cfg) == pytest.approx(metric(cfg), abs=1e-3)
+    # the summed single drops miss the interaction where everything is pruned
+    deepest = (0.8,) * len(names)
+    summed = 0.9 - sum(singles[(n, 0.8)] for n in names)
+    assert summed - metric(deepest) > 10 * abs(fitted.estimate(deepest) - metric(deepest))
+    # terms: zero at sparsity 0, non-negative, non-decreasing
+    for row in fitted.terms:
+        assert row[0] == 0.0 and all(b >= a >= 0 for a, b in zip(row, row[1:]))
+
+
+def test_fit_without_interaction_finds_none(tmp_path: Path) -> None:
+    names, levels, metric, singles, rng = _synthetic(2, curvature=0.0)
+    configs = [tuple(rng.choice(levels) for _ in names) for _ in range(20)]
+    fitted = fit_accuracy_model("accuracy", 0.9, names, levels, singles,
+                                [MeasuredComposition(c, metric(c)) for c in configs])
+    assert fitted.curvature < 0.05
+    fitted.save(tmp_path)
+    assert FittedAccuracyModel.load(tmp_path) == fitted
+
+
+def test_optimizer_stays_exact_for_the_fitted_estimate() -> None:
+    """Maximizing teacher - h(sum of terms) with h increasing is the knapsack on the terms:
+    brute force over every configuration agrees with the solver on random instances."""
+    for seed in range(8):
+        names, levels, metric, singles, rng = _synthetic(seed, curvature=rng_curv(seed))
+        configs = [tuple(rng.choice(levels) for _ in names) for _ in range(15)]
+        fitted = fit_accuracy_model("accuracy", 0.9, names, levels, singles,
+                                    [MeasuredComposition(c, metric(c)) for c in configs], folds=0)
+        lat = [[rng.uniform(1, 2) * (1 - s) for s in levels] for _ in names]
+        mem = [[rng.uniform(1, 2) * (1 - s) for s in levels] for _ in names]
+        problem = ScalingProblem.from_arrays(fitted.terms, lat, mem)
+        budget_l, budget_m = sum(map(max, lat)) * rng.uniform(0.3, 0.9), sum(map(max, mem)) * rng.uniform(0.3, 0.9)
+        best = None
+        for choice in itertools.product(range(len(levels)), repeat=len(names)):
+            cfg = [levels[k] for k in choice]
+            if sum(lat[b][k] for b, k in enumerate(choice)) <= budget_l and \
+                    sum(mem[b][k] for b, k in enumerate(choice)) <= budget_m:
+                value = fitted.estimate(cfg)
+                best = value if best is None or value > best else best
+        solution = solve(problem, budget_l, budget_m)
+        assert solution.feasible
+        chosen = [levels[k] for k in solution.choice]
+        assert fitted.estimate(chosen) == pytest.approx(best, abs=1e-12)
+        assert brute_force(problem, budget_l, budget_m).total_drop == pytest.approx(solution.total_drop, abs=1e-12)
+
+
+def rng_curv(seed: int) -> float:
+    return (0.0, 1.0, 4.0, 10.0)[seed % 4]
+
+
+def test_profiler_fits_the_estimate_and_the_optimizer_uses_it(setup, tmp_path: Path) -> None:
+    import shutil
+
+    root, model, mm, bm, train, val = setup
+    work = tmp_path / "blocks"
+    shutil.copytree(root / "blocks", work)
+    profiler = BlockProfiler(model, bm, mm, str(work), val, SIZE, "cpu", verbose=False)
+    profiler.profile_all_blocks(num_compositions=6)
+    fitted = FittedAccuracyModel.load(work)
+    assert fitted.num_compositions == 6
+    assert fitted.block_names == tuple(bm.block_names)
+    report = profiler.validate_accuracy_model(num_compositions=3, seed=5)
+    assert len(report.estimated_fitted) == 3
+    assert report.estimated_fitted[0] == pytest.approx(fitted.estimate(report.compositions[0]))
+    profiler.profile_all_blocks(num_compositions=0)
+    assert not (work / "accuracy_estimate.json").exists()
+    with pytest.raises(LegoDNNError, match="whole number"):
+        profiler.profile_all_blocks(num_compositions=-1)
