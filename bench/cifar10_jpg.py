@@ -36,18 +36,30 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, n: Optional[int], seed: int = 0) -> "Split":
-        """A class-balanced subset of ``n`` images (all of them when ``n`` is None or too large)."""
+    def subset_indices(self, n: Optional[int], seed: int = 0) -> Tensor:
+        """Indices of a class-balanced random subset of ``n`` images (all when ``n`` is None or too large)."""
         if n is None or n >= len(self):
-            return self
+            return torch.arange(len(self))
         g = torch.Generator().manual_seed(seed)
         per_class = n // len(CLASSES)
         keep = []
         for c in range(len(CLASSES)):
             idx = (self.labels == c).nonzero().flatten()
             keep.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
-        order = torch.cat(keep).sort().values
-        return Split(self.images[order], self.labels[order])
+        return torch.cat(keep).sort().values
+
+    def subset(self, n: Optional[int], seed: int = 0) -> "Split":
+        """A class-balanced random subset of ``n`` images."""
+        return self.take(self.subset_indices(n, seed))
+
+    def take(self, indices: Tensor) -> "Split":
+        return Split(self.images[indices], self.labels[indices])
+
+    def complement(self, indices: Tensor) -> Tensor:
+        """The indices not in ``indices``, in order."""
+        mask = torch.ones(len(self), dtype=torch.bool)
+        mask[indices] = False
+        return mask.nonzero().flatten()
 
 
 def _decode(root: Path, split: str) -> Tuple[np.ndarray, np.ndarray]:

@@ -59,6 +59,17 @@ class AbstractModelManager(abc.ABC):
         Block retraining registers hooks on the teacher and calls this once per batch.
         """
 
+    def forward_for_training(self, model: nn.Module, batch_data: Sequence[Any], device: Device) -> Any:
+        """Run ``model`` on one batch with autograd on, in the mode the model is in.
+
+        Composition-aware retraining compares this output with the teacher's output from
+        ``forward_to_gen_mid_data`` and backpropagates through it. The default feeds
+        ``batch_data[0]``; a task whose batches look different overrides it, as it does
+        ``forward_to_gen_mid_data``.
+        """
+        data = batch_data[0] if isinstance(batch_data, (list, tuple)) else batch_data
+        return model(data.to(device))
+
     @abc.abstractmethod
     def dummy_forward_to_gen_mid_data(
         self, model: nn.Module, model_input_size: Sequence[int], device: Device

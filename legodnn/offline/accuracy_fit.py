@@ -5,10 +5,14 @@ time, misses how errors compound: with every block pruned deeply the model is fa
 worse than the sum says, exactly where a tight budget sends the optimizer. This
 estimate keeps the separable shape and adds what the measurements show::
 
-    estimate(c) = teacher - h(sum_b t[b, c_b]),   h(z) = z + curvature * z^2   (z >= 0)
+    estimate(c) = teacher - h(sum_b t[b, c_b])
+    h(z) = max_drop * (1 - exp(-(z + curvature * z^2) / max_drop))
 
-The per-block terms ``t`` start from the single-block drops and are fitted, together
-with ``curvature >= 0``, on compositions measured end to end. ``t`` is kept
+``h`` is the summed drop for small ``z`` (so the terms read as drops), grows faster
+than the sum as pruning compounds (``curvature >= 0``), and saturates at ``max_drop``
+(a model cannot fall below chance; a deeply pruned one ends near it). The per-block
+terms ``t`` start from the single-block drops and are fitted, together with
+``curvature`` and ``max_drop``, on compositions measured end to end. ``t`` is kept
 non-negative and non-decreasing in sparsity (more pruning never costs less), so no
 descendant looks free unless the data say so. ``h`` is increasing, so maximizing the
 estimate under budgets is minimizing ``sum_b t[b, c_b]``: still a multiple-choice
@@ -51,7 +55,7 @@ class MeasuredComposition:
 
 @dataclass(frozen=True)
 class FittedAccuracyModel:
-    """Teacher metric minus a convex increasing link of summed per-block terms.
+    """Teacher metric minus an increasing link of summed per-block terms.
 
     ``terms[b][k]`` belongs to block ``block_names[b]`` at ``sparsities[k]`` (0 at
     sparsity 0). ``heldout_*`` are the cross-validated errors on measured compositions
@@ -64,12 +68,13 @@ class FittedAccuracyModel:
     sparsities: Tuple[float, ...]
     terms: Tuple[Tuple[float, ...], ...]
     curvature: float
+    max_drop: float
     heldout_mean_abs_error: float
     heldout_max_abs_error: float
     num_compositions: int
 
     def link(self, z: float) -> float:
-        return z + self.curvature * max(z, 0.0) ** 2
+        return _link(z, self.curvature, self.max_drop)
 
     def term(self, block: str, sparsity: float) -> float:
         return self.terms[self.block_names.index(block)][self.sparsities.index(sparsity)]
@@ -103,14 +108,15 @@ class FittedAccuracyModel:
                 sparsities=tuple(float(s) for s in d["sparsities"]),
                 terms=tuple(tuple(float(t) for t in row) for row in d["terms"]),
                 curvature=float(d["curvature"]),
+                max_drop=float(d["max_drop"]),
                 heldout_mean_abs_error=float(d["heldout_mean_abs_error"]),
                 heldout_max_abs_error=float(d["heldout_max_abs_error"]),
                 num_compositions=int(d["num_compositions"]),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"cannot read {path}: {exc}; profile the blocks again") from exc
-        values = [model.teacher_metric, model.curvature, *(t for row in model.terms for t in row)]
-        if not all(math.isfinite(v) for v in values) or model.curvature < 0 or any(
+        values = [model.teacher_metric, model.curvature, model.max_drop, *(t for row in model.terms for t in row)]
+        if not all(math.isfinite(v) for v in values) or model.curvature < 0 or model.max_drop <= 0 or any(
                 t < 0 for row in model.terms for t in row):
             raise StoreError(f"{path} holds non-finite or negative terms; profile the blocks again")
         if len(model.terms) != len(model.block_names) or any(len(r) != len(model.sparsities) for r in model.terms):
@@ -118,14 +124,23 @@ class FittedAccuracyModel:
         return model
 
 
-class _Fit(torch.nn.Module):
-    """Parameters: per block, non-negative increments between consecutive sparsities."""
+def _link(z: float, curvature: float, max_drop: float) -> float:
+    z = max(z, 0.0)
+    return max_drop * -math.expm1(-(z + curvature * z * z) / max_drop)
 
-    def __init__(self, init_terms: torch.Tensor, curvature: float) -> None:
+
+class _Fit(torch.nn.Module):
+    """Parameters: per block, non-negative increments between consecutive sparsities;
+    the curvature (>= 0) and the largest drop, a fraction of ``span`` in (0, 1)."""
+
+    def __init__(self, init_terms: torch.Tensor, curvature: float, span: float) -> None:
         super().__init__()
         steps = torch.diff(init_terms, dim=1, prepend=torch.zeros_like(init_terms[:, :1]))[:, 1:]
+        dtype = init_terms.dtype
+        self.span = span
         self.raw_steps = torch.nn.Parameter(_inv_softplus(steps.clamp_min(1e-6)))
-        self.raw_curvature = torch.nn.Parameter(_inv_softplus(torch.tensor(max(curvature, 1e-6), dtype=init_terms.dtype)))
+        self.raw_curvature = torch.nn.Parameter(_inv_softplus(torch.tensor(max(curvature, 1e-6), dtype=dtype)))
+        self.raw_max_drop = torch.nn.Parameter(torch.tensor(3.0, dtype=dtype))  # sigmoid(3) = 0.95 of the span
 
     def terms(self) -> torch.Tensor:
         steps = torch.nn.functional.softplus(self.raw_steps)
@@ -134,9 +149,13 @@ class _Fit(torch.nn.Module):
     def curvature(self) -> torch.Tensor:
         return torch.nn.functional.softplus(self.raw_curvature)
 
+    def max_drop(self) -> torch.Tensor:
+        return self.span * torch.sigmoid(self.raw_max_drop)
+
     def forward(self, onehot: torch.Tensor) -> torch.Tensor:
         z = (onehot * self.terms()).sum((1, 2))
-        return z + self.curvature() * z.clamp_min(0) ** 2
+        d = self.max_drop()
+        return -d * torch.expm1(-(z + self.curvature() * z * z) / d)
 
 
 def _inv_softplus(x: torch.Tensor) -> torch.Tensor:
@@ -159,10 +178,11 @@ def _fit_once(
     metrics: Sequence[float],
     sparsities: Sequence[float],
     ridge: float,
-) -> Tuple[torch.Tensor, float]:
+    span: float,
+) -> Tuple[torch.Tensor, float, float]:
     onehot = _onehot(configs, sparsities)
     drop = teacher - torch.tensor(list(metrics), dtype=torch.float64)
-    model = _Fit(init.clamp_min(0).cummax(1).values, 0.1)
+    model = _Fit(init.clamp_min(0).cummax(1).values, 0.1, span)
     prior = init.clamp_min(0)
     opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=500, tolerance_grad=1e-12,
                             tolerance_change=1e-14, line_search_fn="strong_wolfe")
@@ -176,7 +196,7 @@ def _fit_once(
     for _ in range(3):
         opt.step(closure)
     with torch.no_grad():
-        return model.terms().detach(), float(model.curvature())
+        return model.terms().detach(), float(model.curvature()), float(model.max_drop())
 
 
 def fit_accuracy_model(
@@ -188,6 +208,7 @@ def fit_accuracy_model(
     compositions: Sequence[MeasuredComposition],
     folds: int = 5,
     ridge: float = 1e-3,
+    max_drop: Optional[float] = None,
 ) -> FittedAccuracyModel:
     """Fit the terms and the curvature on single-block drops and measured compositions.
 
@@ -197,7 +218,12 @@ def fit_accuracy_model(
     cross-validation over the compositions (each predicted by a fit that never saw it);
     the model returned is fitted on all of them. ``ridge`` pulls each term gently towards
     its single-block drop, which only matters for options no composition used.
+    ``max_drop`` bounds the largest drop the link can reach (default: the teacher's
+    metric, that is a floor of 0; the fit finds the floor within it).
     """
+    span = float(max_drop) if max_drop is not None else max(float(teacher_metric), 1e-6)
+    if not (math.isfinite(span) and span > 0):
+        raise ValueError(f"max_drop must be a positive number, got {max_drop!r}")
     names, levels = list(block_names), [float(s) for s in sparsities]
     init = torch.zeros(len(names), len(levels), dtype=torch.float64)
     for b, name in enumerate(names):
@@ -215,9 +241,9 @@ def fit_accuracy_model(
         if len(cfg) != len(names) or any(s not in levels for s in cfg):
             raise ValueError(f"composition {cfg} does not give one of {levels} for each of {len(names)} blocks")
 
-    def fit(points: Sequence[Tuple[Tuple[float, ...], float]]) -> Tuple[torch.Tensor, float]:
+    def fit(points: Sequence[Tuple[Tuple[float, ...], float]]) -> Tuple[torch.Tensor, float, float]:
         data = singles + list(points)
-        return _fit_once(teacher_metric, init, [c for c, _ in data], [m for _, m in data], levels, ridge)
+        return _fit_once(teacher_metric, init, [c for c, _ in data], [m for _, m in data], levels, ridge, span)
 
     errors: List[float] = []
     k = min(folds, len(comps))
@@ -225,11 +251,11 @@ def fit_accuracy_model(
         for f in range(k):
             held = comps[f::k]
             kept = [c for i, c in enumerate(comps) if i % k != f]
-            terms, curvature = fit(kept)
+            terms, curvature, top = fit(kept)
             for cfg, measured in held:
                 z = float(sum(terms[b, levels.index(s)] for b, s in enumerate(cfg)))
-                errors.append(teacher_metric - (z + curvature * max(z, 0.0) ** 2) - measured)
-    terms, curvature = fit(comps)
+                errors.append(teacher_metric - _link(z, curvature, top) - measured)
+    terms, curvature, top = fit(comps)
     nan = float("nan")
     return FittedAccuracyModel(
         metric_name=metric_name,
@@ -238,6 +264,7 @@ def fit_accuracy_model(
         sparsities=tuple(levels),
         terms=tuple(tuple(float(t) for t in row) for row in terms),
         curvature=float(curvature),
+        max_drop=float(top),
         heldout_mean_abs_error=sum(abs(e) for e in errors) / len(errors) if errors else nan,
         heldout_max_abs_error=max(abs(e) for e in errors) if errors else nan,
         num_compositions=len(comps),

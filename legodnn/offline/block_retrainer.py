@@ -24,7 +24,7 @@ from ..blockmanager.auto_block_manager import AutoBlockManager
 from ..blockmanager.store import atomic_write_text, sparsity_tag, write_file_atomic
 from ..errors import LegoDNNError
 from .capture import capture_block_io
-from .composition_retrainer import CompositionHistory, CompositionStage
+from .composition_retrainer import CompositionHistory, CompositionStage, _class_labels
 from .holdout import split_holdout
 from .trained_store import write_trained_store
 
@@ -51,13 +51,17 @@ class BlockRetrainer:
     ``val_loader`` gives the held-out data that picks the best epoch; without one,
     about 10% of ``train_loader``'s samples (at most 1,000) are held out.
 
-    ``composition_epochs`` adds composition-aware retraining after the block epochs
+    After the block epochs comes composition-aware retraining
     (:class:`~legodnn.offline.composition_retrainer.CompositionStage`): sampled whole
     compositions trained end to end against the teacher's output, so that descendants
-    learn to work beside pruned neighbours. ``composition_lr`` (Adam, cosine to 0),
-    ``composition_samples`` (random compositions per step besides the smallest and one
-    whole level), ``temperature`` (of the logit distillation) and ``batchnorm``
-    (``"frozen"``: descendants' BatchNorm on running statistics; ``"train"``) tune it.
+    learn to work beside pruned neighbours. ``composition_epochs`` sets its length
+    (``None``: automatic, see :meth:`_composition_stage`; ``0``: off, block distillation
+    alone as in the original). ``composition_lr`` (SGD with Nesterov momentum, cosine to
+    0), ``composition_samples`` (random compositions per step besides the smallest and
+    one whole level), ``temperature`` (of the logit distillation), ``batchnorm``
+    (``"train"``: descendants' BatchNorm follows the batches; ``"frozen"``) and
+    ``label_weight`` (cross-entropy with the batch's labels; ``None``: 1 for a
+    classifier, else 0) tune it.
     """
 
     def __init__(
@@ -75,18 +79,21 @@ class BlockRetrainer:
         loss_fn: Optional[LossFn] = None,
         verbose: bool = True,
         *,
-        composition_epochs: int = 0,
-        composition_lr: float = 3e-4,
+        composition_epochs: Optional[int] = None,
+        composition_lr: float = 0.01,
         composition_samples: int = 2,
         temperature: float = 2.0,
-        batchnorm: str = "frozen",
+        batchnorm: str = "train",
+        label_weight: Optional[float] = None,
         seed: int = 0,
     ) -> None:
         if isinstance(max_epoch, bool) or not isinstance(max_epoch, int) or max_epoch < 1:
             raise LegoDNNError(f"max_epoch must be a whole number of epochs >= 1, got {max_epoch!r}")
-        if isinstance(composition_epochs, bool) or not isinstance(composition_epochs, int) or composition_epochs < 0:
+        if composition_epochs is not None and (isinstance(composition_epochs, bool) or not isinstance(
+                composition_epochs, int) or composition_epochs < 0):
             raise LegoDNNError(
-                f"composition_epochs must be a whole number >= 0 (0: block distillation only), got {composition_epochs!r}"
+                "composition_epochs must be None (automatic), 0 (block distillation only) or a whole number of "
+                f"epochs, got {composition_epochs!r}"
             )
         self.teacher = teacher_model
         self.block_manager = block_manager
@@ -102,14 +109,35 @@ class BlockRetrainer:
         self.optimizer_factory = optimizer or default_optimizer
         self.loss_fn = loss_fn or F.mse_loss
         self.verbose = verbose
+        self.composition_epochs = composition_epochs
+        self._composition_options = dict(lr=composition_lr, num_random=composition_samples, temperature=temperature,
+                                         batchnorm=batchnorm, label_weight=label_weight, seed=seed, verbose=verbose)
+        CompositionStage(block_manager, model_manager, 1, train_loader, val_loader, self._state_dir / "composition",
+                         device, **self._composition_options)  # checks the options now, not after the block epochs
         self.composition: Optional[CompositionStage] = None
-        if composition_epochs:
-            self.composition = CompositionStage(
-                block_manager, model_manager, composition_epochs, self.train_loader, self.val_loader,
-                self._state_dir / "composition", device, lr=composition_lr, num_random=composition_samples,
-                temperature=temperature, batchnorm=batchnorm, seed=seed, verbose=verbose,
-            )
         self.composition_history: Optional[CompositionHistory] = None
+
+    def _composition_stage(self) -> Optional[CompositionStage]:
+        """The composition-aware stage to run after the block epochs, or ``None``.
+
+        ``composition_epochs=None`` runs it for classifiers (the teacher's output on the
+        first batch is class scores for the batch's labels) with two thirds of
+        ``max_epoch`` epochs, which costs about as much as the block epochs do; other
+        tasks (detections, masks) need their own distillation loss and run it only when
+        asked, with ``composition_epochs=N``.
+        """
+        epochs = self.composition_epochs
+        if epochs is None:
+            batch = next(iter(self.train_loader), None)
+            if batch is None:
+                return None
+            out = self.model_manager.forward_to_gen_mid_data(self.block_manager.teacher, batch, self.device)
+            epochs = max(1, (2 * self.max_epoch) // 3) if _class_labels(out, batch) is not None else 0
+        if not epochs:
+            return None
+        return CompositionStage(self.block_manager, self.model_manager, epochs, self.train_loader, self.val_loader,
+                                self._state_dir / "composition", self.device, restart_stale=True,
+                                **self._composition_options)
 
     # -- state ------------------------------------------------------------------
     @property
@@ -203,6 +231,7 @@ class BlockRetrainer:
                 mean_val = sum(val_loss.values()) / max(1, len(val_loss))
                 tqdm.write(f"epoch {epoch + 1}/{self.max_epoch}: mean held-out block MSE {mean_val:.4g}")
         extra: Dict[str, Any] = {}
+        self.composition = self._composition_stage()
         if self.composition is not None:
             for key, student in students.items():
                 student.load_state_dict(best[key])
