@@ -12,7 +12,8 @@ Stages (each one's result is kept in ``--work`` and reused when the bench runs a
 
 1. legodnn block distillation (``BlockRetrainer``, ``--block-epochs``).
 2. legodnn composition-aware retraining of those descendants (``CompositionRetrainer``,
-   ``--composition-epochs``).
+   ``--composition-epochs``, its default recipe: KL at temperature 2 plus the labels'
+   cross-entropy, SGD, the sandwich of compositions).
 3. Profiling of both stores with the fitted accuracy estimate (``profile_all_blocks``,
    ``--fit-compositions`` compositions measured on 5,000 of the unseen training images).
 4. Torch-Pruning (``MagnitudePruner``, L1, the final classifier ignored) pruned to the
@@ -224,8 +225,8 @@ def main() -> None:
     p.add_argument("--retrain-images", type=int, default=20000, help="training images for retraining (the teacher's)")
     p.add_argument("--block-epochs", type=int, default=3)
     p.add_argument("--composition-epochs", type=int, default=2)
-    p.add_argument("--composition-lr", type=float, default=3e-4)
-    p.add_argument("--batchnorm", default="frozen", choices=("frozen", "train"))
+    p.add_argument("--composition-lr", type=float, default=0.01)
+    p.add_argument("--batchnorm", default="train", choices=("frozen", "train"))
     p.add_argument("--fit-compositions", type=int, default=24)
     p.add_argument("--random", type=int, default=10, help="random compositions evaluated")
     p.add_argument("--tp-lr", type=float, default=0.01)

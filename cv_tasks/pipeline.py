@@ -47,7 +47,8 @@ class AccuracyCheck:
     mean_abs_error_additive: float  # teacher minus summed drops (the method's estimate)
     mean_abs_error_multiplicative: float  # teacher x product of retained fractions
     measured_range: Tuple[float, float]
-    used: str  # the estimate the optimizer uses from now on: "additive" or "multiplicative"
+    used: str  # the estimate the optimizer uses from now on: "fitted", "additive" or "multiplicative"
+    mean_abs_error_fitted: Optional[float] = None  # fitted on compositions the profiler measured (None: not fitted)
 
 
 @dataclass
@@ -135,7 +136,10 @@ def run_pipeline(
             mean_abs_error_additive=check.mean_abs_error,
             mean_abs_error_multiplicative=check.mean_abs_error_multiplicative,
             measured_range=(min(check.measured), max(check.measured)),
-            used=check.best,
+            # ScalingOptimizer's "auto": the fitted estimate when the profile has one
+            used="fitted" if check.estimated_fitted else
+            ("multiplicative" if check.mean_abs_error_multiplicative < check.mean_abs_error else "additive"),
+            mean_abs_error_fitted=check.mean_abs_error_fitted if check.estimated_fitted else None,
         )
         stage("validate", t)
 
@@ -235,6 +239,7 @@ def _accuracy_line(err: Optional[AccuracyCheck]) -> str:
     if err is None:
         return ""
     lo, hi = err.measured_range
+    fitted = f"{err.mean_abs_error_fitted:.4f} fitted, " if err.mean_abs_error_fitted is not None else ""
     return (f"\n  metric estimate on {err.n} measured compositions ({lo:.4f}-{hi:.4f}): mean error "
-            f"{err.mean_abs_error_additive:.4f} additive, {err.mean_abs_error_multiplicative:.4f} "
+            f"{fitted}{err.mean_abs_error_additive:.4f} additive, {err.mean_abs_error_multiplicative:.4f} "
             f"multiplicative (the optimizer uses the {err.used} one)")

@@ -150,7 +150,8 @@ class _Fit(torch.nn.Module):
         return torch.nn.functional.softplus(self.raw_curvature)
 
     def max_drop(self) -> torch.Tensor:
-        return self.span * torch.sigmoid(self.raw_max_drop)
+        # at least 1% of the span: a vanishing max_drop would make the link 0/0
+        return self.span * (0.01 + 0.99 * torch.sigmoid(self.raw_max_drop))
 
     def forward(self, onehot: torch.Tensor) -> torch.Tensor:
         z = (onehot * self.terms()).sum((1, 2))
@@ -196,7 +197,11 @@ def _fit_once(
     for _ in range(3):
         opt.step(closure)
     with torch.no_grad():
-        return model.terms().detach(), float(model.curvature()), float(model.max_drop())
+        terms, curvature, top = model.terms().detach(), float(model.curvature()), float(model.max_drop())
+    if not (bool(torch.isfinite(terms).all()) and math.isfinite(curvature) and math.isfinite(top)):
+        # the line search left the finite region: the summed single drops, which never fail
+        return prior.cummax(1).values, 0.0, span
+    return terms, curvature, top
 
 
 def fit_accuracy_model(
