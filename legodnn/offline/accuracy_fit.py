@@ -185,8 +185,10 @@ def _fit_once(
     drop = teacher - torch.tensor(list(metrics), dtype=torch.float64)
     model = _Fit(init.clamp_min(0).cummax(1).values, 0.1, span)
     prior = init.clamp_min(0)
-    opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=500, tolerance_grad=1e-12,
-                            tolerance_change=1e-14, line_search_fn="strong_wolfe")
+    # a few dozen parameters: L-BFGS converges in tens of iterations on consistent data; the
+    # cap keeps noisy data (which never converges to zero error) from costing seconds per fit
+    opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=200, max_eval=250, tolerance_grad=1e-10,
+                            tolerance_change=1e-12, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -194,8 +196,7 @@ def _fit_once(
         loss.backward()
         return loss
 
-    for _ in range(3):
-        opt.step(closure)
+    opt.step(closure)
     with torch.no_grad():
         terms, curvature, top = model.terms().detach(), float(model.curvature()), float(model.max_drop())
     if not (bool(torch.isfinite(terms).all()) and math.isfinite(curvature) and math.isfinite(top)):

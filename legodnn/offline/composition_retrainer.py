@@ -158,7 +158,8 @@ class CompositionStage:
         self.restart_stale = restart_stale
         self.label_weight = label_weight if label_weight is None else float(label_weight)
         self.optimizer = optimizer
-        self.loss_fn: LossFn = loss_fn or (lambda s, t: distillation_loss(s, t, temperature))
+        self.temperature = float(temperature)
+        self.loss_fn: LossFn = loss_fn or (lambda s, t: distillation_loss(s, t, self.temperature))
         self.sampler = SandwichSampler(tuple(block_manager.block_sparsity), len(block_manager.block_names),
                                        num_random, seed)
 
@@ -167,7 +168,7 @@ class CompositionStage:
         """What the state belongs to: the model, the options and the starting weights."""
         h = hashlib.sha256(self.bm.fingerprint.encode())
         h.update(repr((self.max_epoch, self.lr, self.batchnorm, self.feature_weight, self.label_weight,
-                       self.optimizer, self.sampler)).encode())
+                       self.optimizer, self.temperature, self.sampler)).encode())
         for key in sorted(students):
             for name, value in sorted(students[key].state_dict().items()):
                 h.update(name.encode())
@@ -192,22 +193,31 @@ class CompositionStage:
             )
         from safetensors.torch import load_file
 
-        last = _unflatten(load_file(str(self.state_dir / "last.safetensors")), students)
+        last = _unflatten(load_file(str(self._epoch_file(state["epochs_done"], "last.safetensors"))), students)
         for key, student in students.items():
             student.load_state_dict(last[key])
-        optim.load_state_dict(torch.load(self.state_dir / "optim.pt", weights_only=True))
+        optim.load_state_dict(torch.load(self._epoch_file(state["epochs_done"], "optim.pt"), weights_only=True))
         logger.info("resuming composition training after epoch %d", state["epochs_done"])
         return state
 
+    def _epoch_file(self, epoch: int, kind: str) -> Path:
+        return self.state_dir / f"epoch{epoch}.{kind}"
+
     def _save(self, state: Dict[str, Any], students: Dict[Key, nn.Module], best: Dict[str, torch.Tensor],
               optim: torch.optim.Optimizer) -> None:
+        """Files named by epoch, then ``state.json`` pointing at them: a kill at any point
+        leaves a state whose files all belong to the same epoch."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        write_file_atomic(self.state_dir / "last.safetensors", _flatten(students))
-        write_file_atomic(self.state_dir / "best.safetensors", best)
-        tmp = self.state_dir / "optim.pt.tmp"
+        epoch = state["epochs_done"]
+        write_file_atomic(self._epoch_file(epoch, "last.safetensors"), _flatten(students))
+        write_file_atomic(self._epoch_file(epoch, "best.safetensors"), best)
+        tmp = self._epoch_file(epoch, "optim.pt.tmp")
         torch.save(optim.state_dict(), tmp)
-        tmp.replace(self.state_dir / "optim.pt")
-        atomic_write_text(self.state_dir / "state.json", json.dumps(state, indent=1))  # last: marks the epoch done
+        tmp.replace(self._epoch_file(epoch, "optim.pt"))
+        atomic_write_text(self.state_dir / "state.json", json.dumps(state, indent=1))  # marks the epoch done
+        for old in self.state_dir.glob("epoch*.*"):
+            if not old.name.startswith(f"epoch{epoch}."):
+                old.unlink()
 
     # -- training -----------------------------------------------------------------
     def run(self, students: Dict[Key, nn.Module]) -> Tuple[Dict[Key, Dict[str, torch.Tensor]], CompositionHistory]:
@@ -217,10 +227,10 @@ class CompositionStage:
         optim = (torch.optim.Adam(params, lr=self.lr) if self.optimizer == "adam"
                  else torch.optim.SGD(params, lr=self.lr, momentum=0.9, nesterov=True))
         state = self._load(students, optim, fingerprint)
-        if state["epochs_done"] and (self.state_dir / "best.safetensors").is_file():
+        if state["epochs_done"]:
             from safetensors.torch import load_file
 
-            best = load_file(str(self.state_dir / "best.safetensors"))
+            best = load_file(str(self._epoch_file(state["epochs_done"], "best.safetensors")))
         else:
             best = {k: v.detach().clone() for k, v in _flatten(students).items()}
         net = SwitchableModel(self.bm, students)
