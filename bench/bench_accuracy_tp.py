@@ -1,0 +1,74 @@
+"""The Torch-Pruning stage of ``bench_accuracy.py`` alone, to run beside the legodnn stages.
+
+    python bench/bench_accuracy_tp.py --cache CACHE --work runs/bench_accuracy --seconds 2028 --threads 1
+
+Writes the ``torch_pruning_<level>.json`` stage files that ``bench_accuracy.py`` reads
+instead of running them itself. ``--seconds`` is the total fine-tuning time of the three
+models; run after the block distillation stage, with twice its wall time, the baseline gets
+at least legodnn's retraining time (the composition stage costs at most as much as the
+block stage), without waiting for the legodnn stages to end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_accuracy as ba  # noqa: E402
+import cifar10_jpg  # noqa: E402
+
+from cv_tasks import get_model  # noqa: E402
+from cv_tasks.image_classification.train import load_weights  # noqa: E402
+from legodnn import AutoBlockManager, CommonModelManager  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cache", type=Path, required=True)
+    p.add_argument("--archive", type=Path, default=cifar10_jpg.DEFAULT_ARCHIVE)
+    p.add_argument("--teacher", type=Path, default=Path(__file__).parent / "weights" / "cifar10_resnet18_w16.safetensors")
+    p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--seconds", type=float, required=True, help="total fine-tuning time of the three models")
+    p.add_argument("--retrain-images", type=int, default=20000)
+    p.add_argument("--tp-lr", type=float, default=0.01)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    teacher = get_model("cifar_resnet18", num_classes=10, base_width=16)
+    meta = load_weights(teacher, args.teacher)
+    teacher.eval()
+    full = cifar10_jpg.load_split("train", args.cache, args.archive)
+    seen = full.subset_indices(int(json.loads(meta.get("train_images", "20000"))), int(json.loads(meta.get("seed", "0"))))
+    train = full.take(seen).subset(args.retrain_images, 1)
+    test = cifar10_jpg.load_split("test", args.cache, args.archive)
+    train_b = cifar10_jpg.Batches(train, 128, train=True, seed=1)
+    test_b = cifar10_jpg.Batches(test, 500, train=False)
+    mm = CommonModelManager()
+    bm = AutoBlockManager(ba.SPARSITIES, teacher, mm, ba.SIZE, verbose=False)
+    store = args.work / "compressed"
+    for level in ba.LEVELS:
+        model = bm.compose({n: bm.load_descendant(str(store), n, level) for n in bm.block_names})
+        target = ba._params_flops(mm, model)[0]
+
+        def stage(level: float = level, target: int = target) -> dict:
+            pruned = ba._tp_prune(teacher, target)
+            params, flops = ba._params_flops(mm, pruned)
+            before = ba._accuracy(pruned, test_b)
+            run = ba._tp_finetune(pruned, teacher, train_b, args.seconds / len(ba.LEVELS), args.tp_lr)
+            return {"level": level, "params": params, "flops": flops, "target_params": target,
+                    "accuracy_before_finetune": before, "accuracy": ba._accuracy(pruned, test_b), **run}
+
+        row = ba._stage(args.work, f"torch_pruning_{level:g}", stage)
+        print(f"Torch-Pruning at {level}: {row['params']:,} params (target {target:,}), "
+              f"{100 * row['accuracy_before_finetune']:.2f}% before, {100 * row['accuracy']:.2f}% after "
+              f"{row['steps']} steps in {row['seconds']:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
