@@ -202,13 +202,13 @@ def _plot(path: Path, result: Dict[str, Any]) -> None:
 
 def _table(result: Dict[str, Any]) -> str:
     ev = result["evaluation"]
-    tp_by = {tuple([r["level"]] * 1): r for r in result["torch_pruning"]}
+    tp_by = {r["level"]: r for r in result["torch_pruning"]}
     lines = ["| composition | params | MFLOPs | block distillation | composition-aware | Torch-Pruning + KD | estimated | "
              "measured - estimated |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for b, c in zip(ev["block"], ev["composed"]):
         cfg = c["sparsities"]
         name = f"all {cfg[0]:g}" if len(set(cfg)) == 1 else " ".join(f"{s:g}" for s in cfg)
-        tp_row = tp_by.get((cfg[0],)) if len(set(cfg)) == 1 else None
+        tp_row = tp_by.get(cfg[0]) if len(set(cfg)) == 1 else None
         tp_cell = f"{100 * tp_row['accuracy']:.2f}% ({tp_row['params']:,})" if tp_row else ""
         lines.append(f"| {name} | {c['params']:,} | {c['flops'] / 1e6:.1f} | {100 * b['measured']:.2f}% | "
                      f"{100 * c['measured']:.2f}% | {tp_cell} | {100 * c['estimated']:.2f}% | "

@@ -24,6 +24,7 @@ from ..blockmanager.auto_block_manager import AutoBlockManager
 from ..blockmanager.store import atomic_write_text, sparsity_tag, write_file_atomic
 from ..errors import LegoDNNError
 from .capture import capture_block_io
+from .guards import finite_loss
 from .composition_retrainer import CompositionHistory, CompositionStage, _class_labels
 from .holdout import split_holdout
 from .trained_store import write_trained_store
@@ -257,13 +258,8 @@ class BlockRetrainer:
                         continue
                     optims[key].zero_grad(set_to_none=True)
                     loss = self.loss_fn(student(x), y)
-                    value = float(loss.detach())
-                    if not math.isfinite(value):
-                        raise LegoDNNError(
-                            f"block {key[0]} at sparsity {key[1]}: the loss became {value} in epoch {epoch + 1}; "
-                            "lower the learning rate (optimizer=...) or check the data. Completed epochs are "
-                            f"saved in {self._state_dir}"
-                        )
+                    value = finite_loss(loss, f"block {key[0]} at sparsity {key[1]}", epoch, "optimizer=...",
+                                        self._state_dir)
                     loss.backward()
                     optims[key].step()
                     sums[key] += value

@@ -35,6 +35,7 @@ from ..blockmanager.auto_block_manager import AutoBlockManager
 from ..blockmanager.store import atomic_write_text, write_file_atomic
 from ..errors import LegoDNNError
 from .composition import SandwichSampler, SwitchableModel, distillation_loss
+from .guards import finite_loss
 
 __all__ = ["CompositionStage", "CompositionRetrainer", "CompositionHistory"]
 
@@ -285,13 +286,8 @@ class CompositionStage:
             for config in self.sampler.sample(epoch, step):
                 net.select(config)
                 loss = self._loss(net, batch, target, features)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise LegoDNNError(
-                        f"composition {list(config)}: the distillation loss became {value} in epoch {epoch + 1}; "
-                        "lower the learning rate (composition_lr=...) or check the data. Completed epochs are "
-                        f"saved in {self.state_dir}"
-                    )
+                value = finite_loss(loss, f"composition {list(config)}", epoch, "composition_lr=...", self.state_dir,
+                                    "distillation loss")
                 loss.backward()
                 total += value
                 count += 1
