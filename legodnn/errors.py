@@ -15,6 +15,11 @@ __all__ = [
     "FingerprintMismatchError",
     "CorruptedStoreError",
     "InvalidProblemError",
+    "InvalidArgumentError",
+    "ArgumentTypeError",
+    "DeviceUnavailableError",
+    "InvalidDataError",
+    "InvalidProfileError",
 ]
 
 
@@ -48,3 +53,29 @@ class CorruptedStoreError(StoreError):
 
 class InvalidProblemError(LegoDNNError, ValueError):
     """An optimization problem or budget that makes no sense (NaN costs, a budget <= 0)."""
+
+
+class InvalidArgumentError(LegoDNNError, ValueError):
+    """An argument of a public call has a value outside what it allows (a negative count,
+    NaN, an empty list). Also a ``ValueError``, so code written against the built-in
+    errors keeps catching it."""
+
+
+class ArgumentTypeError(InvalidArgumentError, TypeError):
+    """An argument has the wrong type (a string where a number goes, a bool as a count).
+    Also a ``TypeError`` for callers that catch the built-in one."""
+
+
+class DeviceUnavailableError(InvalidArgumentError):
+    """A device string that torch cannot parse, or a device this machine does not have
+    (``cuda`` without a GPU)."""
+
+
+class InvalidDataError(LegoDNNError, ValueError):
+    """A loader's batches do not fit the model (wrong layout, channels, dtype, NaN values,
+    labels out of range); found on the first batch, before any training or profiling."""
+
+
+class InvalidProfileError(StoreError):
+    """A profile file holds values that cannot be right (NaN drops, negative sizes or
+    latencies, missing blocks or sparsities); it must be measured again."""

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+import weakref
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import fx, nn
 from tqdm.auto import tqdm
 
-from ..errors import InvalidSparsityError, LegoDNNError, NoBlocksError, StoreError, TraceError
+from ..errors import (
+    ArgumentTypeError,
+    InvalidArgumentError,
+    InvalidSparsityError,
+    LegoDNNError,
+    NoBlocksError,
+    StoreError,
+    TraceError,
+)
+from ..validation import check_device, check_float, check_input_size, check_module
 from ..version import __version__
 from .channels import ChannelAnalysis, analyze_channels
 from .fingerprint import architecture_fingerprint
@@ -30,11 +41,24 @@ logger = logging.getLogger(__name__)
 
 
 def validate_sparsities(block_sparsity: Sequence[float]) -> List[float]:
-    """Sorted, unique sparsities in [0, 1), with 0.0 (the original block) always first."""
-    try:
-        values = [float(s) for s in block_sparsity]
-    except (TypeError, ValueError) as exc:
-        raise InvalidSparsityError(f"block_sparsity must be a list of numbers, got {block_sparsity!r}") from exc
+    """Sorted, unique sparsities in [0, 1), with 0.0 (the original block) always first.
+
+    A string, a bare number or an empty list is refused rather than iterated or indexed
+    ("0.5" would otherwise be read as the characters '0', '.', '5'); so are bools, which
+    Python counts as the numbers 0 and 1.
+    """
+    example = "e.g. block_sparsity=[0.0, 0.3, 0.6, 0.8]"
+    if isinstance(block_sparsity, (str, bytes)) or not isinstance(block_sparsity, Sequence):
+        raise InvalidSparsityError(
+            f"block_sparsity must be a list of numbers, got {block_sparsity!r} ({type(block_sparsity).__name__}); "
+            f"{example}"
+        )
+    if len(block_sparsity) == 0:
+        raise InvalidSparsityError(f"block_sparsity is empty: list the sparsities of the descendants, {example}")
+    wrong = [s for s in block_sparsity if isinstance(s, bool) or not isinstance(s, numbers.Real)]
+    if wrong:
+        raise InvalidSparsityError(f"block_sparsity must be a list of numbers, got {list(block_sparsity)!r}; {example}")
+    values = [float(s) for s in block_sparsity]
     bad = [s for s in values if not (0.0 <= s < 1.0) or math.isnan(s)]
     if bad:
         raise InvalidSparsityError(
@@ -77,8 +101,11 @@ class AutoBlockManager:
         verbose: bool = True,
     ) -> None:
         self.block_sparsity = validate_sparsities(block_sparsity)
-        if not 0.0 < compress_layer_max_ratio <= 1.0:
-            raise ValueError(f"compress_layer_max_ratio must be in (0, 1], got {compress_layer_max_ratio}")
+        check_module("model", model)
+        model_input_size = check_input_size("model_input_size", model_input_size)
+        compress_layer_max_ratio = check_float("compress_layer_max_ratio", compress_layer_max_ratio, minimum=0.0,
+                                               maximum=1.0, min_inclusive=False, hint="pass e.g. 0.125 (the default)")
+        device = check_device("device", device)
         self.model = model.to(device)
         self.model_manager = model_manager
         self.model_input_size = tuple(int(s) for s in model_input_size)
@@ -163,17 +190,40 @@ class AutoBlockManager:
             return 0.0
         return sum(s.conv_params for s in self.partition.specs) / self.total_conv_params
 
+    def _check_name(self, name: Any) -> str:
+        """``name`` if it is one of this model's blocks; else an error listing them (not a KeyError)."""
+        if not isinstance(name, str) or name not in self.partition.blocks:
+            raise InvalidArgumentError(
+                f"block {name!r} is not a block of this model; its blocks are {self.block_names}")
+        return name
+
+    def _check_sparsity(self, sparsity: Any) -> float:
+        """``sparsity`` as the matching entry of ``block_sparsity`` (within 1e-9); else an error listing them."""
+        if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
+            raise ArgumentTypeError(
+                f"sparsity must be a number, one of {self.block_sparsity}, got {sparsity!r} ({type(sparsity).__name__})")
+        match = [s for s in self.block_sparsity if abs(s - float(sparsity)) < 1e-9]
+        if not match:
+            raise InvalidSparsityError(
+                f"sparsity {sparsity} is not one of this block manager's sparsities {self.block_sparsity}; "
+                "choose one of them, or build the block manager with this sparsity in block_sparsity"
+            )
+        return match[0]
+
     def get_block(self, name: str) -> fx.GraphModule:
         """The original (teacher) block; it shares its layers with the teacher model."""
-        return self.partition.blocks[name]
+        return self.partition.blocks[self._check_name(name)]
 
     def pruning_plan(self, name: str, sparsity: float) -> Dict[str, List[int]]:
         """Kept filter indices per layer for one descendant."""
+        self._check_name(name)
         validate_sparsities([sparsity])
         return plan_pruning(self._analysis(name), sparsity)
 
     def get_descendant(self, name: str, sparsity: float) -> fx.GraphModule:
         """A fresh, untrained descendant of a block (a copy; the teacher is untouched)."""
+        self._check_name(name)
+        sparsity = self._check_sparsity(sparsity)
         return build_descendant(self.get_block(name), self.pruning_plan(name, sparsity), self._analysis(name))
 
     def open_store(self, blocks_dir: Union[str, BlockStore]) -> BlockStore:
@@ -190,6 +240,8 @@ class AutoBlockManager:
 
     def load_descendant(self, blocks_dir: Union[str, BlockStore], name: str, sparsity: float) -> nn.Module:
         """A descendant with the weights stored in ``blocks_dir`` (a new module, on ``device``)."""
+        self._check_name(name)
+        sparsity = self._check_sparsity(sparsity)
         store = self.open_store(blocks_dir)
         module, _ = load_descendant(store, self.get_block(name), self._analysis(name), name, sparsity)
         return module.to(self.device)
@@ -224,14 +276,72 @@ class AutoBlockManager:
             self._teacher = self.compose()
         return self._teacher
 
-    def compose(self, blocks: Optional[Dict[str, nn.Module]] = None) -> nn.Module:
+    def compose(self, blocks: Optional[Dict[str, nn.Module]] = None, check: bool = True) -> nn.Module:
         """The teacher with its blocks replaced by ``blocks`` (by name; others stay original).
 
-        The result shares frame layers with the teacher.
+        The result shares frame layers with the teacher. Each replacement must be a
+        module that maps the block's input shape to its output shape: with ``check`` (the
+        default) every replacement not checked before runs once on zeros of the block's
+        recorded input shape, so a wrong module is named here instead of failing with a
+        shape error inside the frame at the first forward. ``check=False`` is for stand-ins
+        whose calls have side effects (timing wrappers, recorded outputs).
         """
+        if blocks is not None and not isinstance(blocks, Mapping):
+            raise ArgumentTypeError(
+                f"blocks must be a dict {{block name: module}}, got {type(blocks).__name__}; "
+                f"the block names are {self.block_names}"
+            )
         chosen = dict(self.partition.blocks)
-        chosen.update(blocks or {})
+        for name, module in (blocks or {}).items():
+            self._check_name(name)
+            if not isinstance(module, nn.Module):
+                raise ArgumentTypeError(
+                    f"blocks[{name!r}] must be a torch.nn.Module, got {type(module).__name__}; "
+                    "pass e.g. block_manager.get_descendant(name, sparsity)"
+                )
+            if check and module is not self.partition.blocks[name]:
+                self._check_block_shape(name, module)
+            chosen[name] = module
         return self.partition.compose(self.model, chosen)
+
+    def _check_block_shape(self, name: str, module: nn.Module) -> None:
+        """Run ``module`` once on zeros of block ``name``'s input shape and compare the output
+        with the block's output shape; remembered per module, so a module is run once.
+
+        Runs in eval mode without gradients (BatchNorm statistics stay as they are) and
+        puts every submodule back in the mode it was in.
+        """
+        spec = next(s for s in self.partition.specs if s.name == name)
+        key = (tuple(spec.input_shape), tuple(spec.output_shape))
+        done = _SHAPES_CHECKED.get(module)
+        if done is not None and key in done:
+            return
+        first = next((t for t in list(module.parameters()) + list(module.buffers()) if t.is_floating_point()), None)
+        x = torch.zeros(spec.input_shape, device=first.device if first is not None else self.device,
+                        dtype=first.dtype if first is not None else torch.float32)
+        modes = [(m, m.training) for m in module.modules()]
+        module.eval()
+        try:
+            with torch.no_grad():
+                out = module(x)
+        except Exception as exc:
+            raise InvalidArgumentError(
+                f"the module given for {name} fails on the block's input of shape {spec.input_shape} "
+                f"({type(exc).__name__}: {exc}); pass a module that maps {spec.input_shape} to {spec.output_shape}, "
+                f"e.g. block_manager.get_descendant({name!r}, sparsity)"
+            ) from exc
+        finally:
+            for m, mode in modes:
+                m.training = mode
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+        if shape != tuple(spec.output_shape):
+            got = f"shape {shape}" if shape is not None else f"a {type(out).__name__}"
+            raise InvalidArgumentError(
+                f"the module given for {name} returns {got} for the block's input {spec.input_shape}, but the "
+                f"frame needs {spec.output_shape}; pass a descendant of {name} itself "
+                f"(block_manager.get_descendant({name!r}, sparsity)), not one of another block"
+            )
+        _SHAPES_CHECKED.setdefault(module, set()).add(key)
 
     # -- extraction -------------------------------------------------------------
     def extract_all_blocks(self, blocks_dir: str) -> List[DescendantSpec]:
@@ -298,6 +408,11 @@ class AutoBlockManager:
             "blocks": blocks_json,
         }
         return manifest, all_desc
+
+
+#: modules whose output shape :meth:`AutoBlockManager.compose` has checked, with the
+#: (input, output) shapes they passed for; weak, so a checked module can still be freed
+_SHAPES_CHECKED: "weakref.WeakKeyDictionary[nn.Module, set]" = weakref.WeakKeyDictionary()
 
 
 def _provisional_spec(part: str, region: Region) -> BlockSpec:

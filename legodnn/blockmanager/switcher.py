@@ -10,15 +10,18 @@ assignment: a forward that started before the switch finishes on the old blocks.
 from __future__ import annotations
 
 import copy
+import numbers
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+import torch
 from torch import nn
 
-from ..errors import CorruptedStoreError, InvalidSparsityError
+from ..errors import ArgumentTypeError, CorruptedStoreError, InvalidSparsityError
+from ..validation import check_int
 from .auto_block_manager import dummy_runner
 from .channels import analyze_channels
 from .fingerprint import architecture_fingerprint
@@ -42,6 +45,17 @@ class SwitchResult:
     from_disk: Tuple[str, ...]  # of those, the ones read from the blocks directory
     bytes_loaded: int  # bytes read from disk
     seconds: float
+
+
+def _sparsity_value(name: str, value: Any) -> float:
+    """One requested sparsity as a float: a real number or a one-element tensor, not a
+    bool, a string or None (``float('0.3')`` would pass a string through unnoticed)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ArgumentTypeError(f"{name} must be a number (a sparsity such as 0.3), got {value!r} "
+                                f"({type(value).__name__})")
+    return float(value)
 
 
 class LegoModel(nn.Module):
@@ -72,6 +86,7 @@ class BlockSwitcher:
         cache_bytes: int = 256 * 2**20,
         model_manager: Any = None,
     ) -> None:
+        check_int("cache_bytes", cache_bytes, minimum=0, hint="pass the bytes of descendants to keep cached, e.g. 2**28")
         self.store = BlockStore(blocks_dir)
         self.device = device
         self.cache_bytes = int(cache_bytes)
@@ -146,12 +161,23 @@ class BlockSwitcher:
         return [self._current[n] for n in self.block_names]
 
     def _normalize(self, sparsities: Sparsities) -> Dict[str, float]:
+        """The requested sparsity of each named block (every block for a list), each one of
+        the store's sparsities; anything else is refused with what to pass instead.
+
+        A dict names only the blocks that change: :meth:`switch` merges it with the live
+        configuration under its lock, so two concurrent partial switches cannot undo
+        each other.
+        """
+        usage = (f"pass one sparsity per block in block order (a list of {len(self.block_names)} numbers, e.g. "
+                 f"[0.0] * {len(self.block_names)}) or a dict {{block name: sparsity}}")
         if isinstance(sparsities, Mapping):
-            unknown = set(sparsities) - set(self.block_names)
+            unknown = [k for k in sparsities if k not in self.block_names]
             if unknown:
-                raise InvalidSparsityError(f"unknown block names {sorted(unknown)}; blocks are {self.block_names}")
-            wanted = dict(self._current)
-            wanted.update({k: float(v) for k, v in sparsities.items()})
+                raise InvalidSparsityError(f"unknown block names {unknown}; blocks are {self.block_names}")
+            wanted = {k: _sparsity_value(f"sparsities[{k!r}]", v) for k, v in sparsities.items()}
+        elif isinstance(sparsities, (str, bytes)) or not isinstance(sparsities, Iterable):
+            raise ArgumentTypeError(f"sparsities must be a list or a dict, got {sparsities!r} "
+                                    f"({type(sparsities).__name__}); {usage}")
         else:
             values = list(sparsities)
             if len(values) != len(self.block_names):
@@ -159,7 +185,7 @@ class BlockSwitcher:
                     f"got {len(values)} sparsities for {len(self.block_names)} blocks; give one per block "
                     "(in block order) or a dict by block name"
                 )
-            wanted = {n: float(v) for n, v in zip(self.block_names, values)}
+            wanted = {n: _sparsity_value(f"sparsities[{i}]", v) for i, (n, v) in enumerate(zip(self.block_names, values))}
         for name, s in wanted.items():
             match = [a for a in self.block_sparsity if abs(a - s) < 1e-9]
             if not match:
@@ -171,9 +197,10 @@ class BlockSwitcher:
 
     def switch(self, sparsities: Sparsities) -> SwitchResult:
         """Install a configuration, replacing only the blocks whose sparsity changes."""
-        wanted = self._normalize(sparsities)
+        given = self._normalize(sparsities)
         with self._lock:
             start = time.perf_counter()
+            wanted = {**self._current, **given}
             changes: Dict[str, nn.Module] = {}
             from_disk: List[str] = []
             loaded = 0
@@ -190,14 +217,14 @@ class BlockSwitcher:
                 self.model.body = replace_modules(self.model.body, changes)
                 self._current = wanted
                 self._evict()
-            seconds = time.perf_counter() - start
-        return SwitchResult(
-            sparsities=tuple(self.sparsities),
-            changed=tuple(n for n in self.block_names if self.partition.block_path(n) in changes),
-            from_disk=tuple(from_disk),
-            bytes_loaded=loaded,
-            seconds=seconds,
-        )
+            # built under the lock: a concurrent switch must not change what this one reports
+            return SwitchResult(
+                sparsities=tuple(self.sparsities),
+                changed=tuple(n for n in self.block_names if self.partition.block_path(n) in changes),
+                from_disk=tuple(from_disk),
+                bytes_loaded=loaded,
+                seconds=time.perf_counter() - start,
+            )
 
     def preload(self, sparsities: Optional[Sequence[float]] = None) -> None:
         """Build and cache descendants ahead of time (all sparsities by default)."""
