@@ -79,7 +79,7 @@ def test_isolated_timing_and_bad_methods(pipeline, tmp_path: Path) -> None:
         LatencyEstimator(bm, mm, str(work), 3, SIZE, "cpu", backend="onnxruntime", method="in_situ")
     with pytest.raises(ValueError, match="method must be"):
         LatencyEstimator(bm, mm, str(work), 3, SIZE, "cpu", method="fast")
-    with pytest.raises(ValueError, match="rounds must be at least 1"):
+    with pytest.raises(ValueError, match="rounds must be a whole number >= 1"):
         LatencyEstimator(bm, mm, str(work), 3, SIZE, "cpu", rounds=0)
 
 

@@ -4,13 +4,15 @@ Each descendant is timed alone on its real input shape (warm-up, then the median
 ``test_sample_num`` runs, CUDA synchronized); the frame is timed alone too, with every
 block replaced by its recorded output. All of them are timed interleaved, pass after
 pass, so that the machine's slow spells fall on all alike. A composed model is estimated as frame + its blocks, optionally calibrated
-(``a * blocks + b``) on measured compositions, and the estimator reports its own error
-on other random compositions it measures.
+(``a * blocks + b``, with ``a`` positive and ``frame + b`` non-negative, so no estimate
+can come out negative) on measured compositions, and the estimator reports its own
+error on other random compositions it measures.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import platform
 import random
 import statistics
@@ -26,7 +28,8 @@ from tqdm.auto import tqdm
 
 from ..blockmanager.auto_block_manager import AutoBlockManager
 from ..blockmanager.store import atomic_write_text
-from ..errors import StoreError
+from ..errors import InvalidArgumentError, InvalidProfileError, StoreError
+from ..validation import check_choice, check_device, check_input_size, check_int
 from ..version import __version__
 
 __all__ = ["BlockLatency", "LatencyProfile", "LatencyEstimator", "LATENCY_JSON", "device_description", "time_interleaved",
@@ -72,6 +75,9 @@ def time_interleaved(
     is checked against then see the same machine. Each function is warmed up first; CUDA
     is synchronized around each run.
     """
+    runs = check_int("runs", runs, minimum=1)
+    rounds = check_int("rounds", rounds, minimum=1)
+    warmup = check_int("warmup", warmup, minimum=0, allow_none=True)
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     rounds = max(1, min(rounds, runs))
     per_round = [runs // rounds + (r < runs % rounds) for r in range(rounds)]
@@ -164,35 +170,98 @@ class LatencyProfile:
             profile = cls.from_json(json.loads(path.read_text(encoding="utf-8")))
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"cannot read {path}: {exc}; profile latency again") from exc
-        bad = [b for b in profile.blocks if not np.isfinite(b.latency_s) or b.latency_s < 0]
-        if bad or not np.isfinite(profile.frame_latency_s):
-            raise StoreError(f"{path} holds invalid latencies (NaN, infinite or negative); profile latency again")
+        problem = _profile_problem(profile)
+        if problem:
+            raise InvalidProfileError(f"{path} holds invalid latencies: {problem}; profile latency again")
         return profile
 
 
-def _fit(x: np.ndarray, y: np.ndarray) -> Tuple[float, float]:
-    a = np.vstack([x, np.ones_like(x)]).T
-    (scale, offset), *_ = np.linalg.lstsq(a, y, rcond=None)
-    return float(scale), float(offset)
+def _profile_problem(profile: LatencyProfile) -> str:
+    """What is wrong with a loaded latency profile ("" if nothing).
+
+    A NaN or negative latency, or a calibration that makes any estimate negative (a
+    non-positive scale, an offset below minus the frame time), would let the optimizer
+    call a configuration free, or make every latency budget infeasible; such a file
+    was edited by hand or written by a broken version, and is measured again.
+    """
+    def bad(x: Any) -> bool:
+        return isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0
+
+    wrong = [f"{b.block}@{b.sparsity:g}: {b.latency_s!r}" for b in profile.blocks if bad(b.latency_s)]
+    if wrong:
+        return f"NaN, infinite or negative block latencies ({', '.join(wrong[:5])})"
+    for name in ("frame_latency_s", "teacher_latency_s"):
+        if bad(getattr(profile, name)):
+            return f"{name} is {getattr(profile, name)!r} (NaN, infinite or negative)"
+    if not profile.blocks:
+        return "no blocks"
+    table = profile.table()
+    levels = {name: sorted(t) for name, t in table.items()}
+    first = next(iter(levels.values()))
+    if 0.0 not in first or any(v != first for v in levels.values()):
+        return f"blocks timed at different sparsities ({levels})"
+    if not (isinstance(profile.scale, (int, float)) and math.isfinite(profile.scale) and profile.scale > 0):
+        return f"calibration scale {profile.scale!r} (it must be a positive number)"
+    if not (isinstance(profile.offset_s, (int, float)) and math.isfinite(profile.offset_s)
+            and profile.frame_latency_s + profile.offset_s >= 0):
+        return (f"calibration offset {profile.offset_s!r} s (frame {profile.frame_latency_s!r} s plus offset must be "
+                "a non-negative time)")
+    if isinstance(profile.num_threads, bool) or not isinstance(profile.num_threads, int) or profile.num_threads < 1:
+        return f"num_threads {profile.num_threads!r}"
+    return ""
 
 
-def _choose_calibration(sums: np.ndarray, measured: np.ndarray, frame: float) -> Tuple[float, float]:
-    """(scale, offset) fitted to ``measured - frame = scale * sums + offset``, kept only when
-    it beats the plain sum in leave-one-out cross-validation (noise must not be fitted) and
-    makes physical sense: a positive scale and a non-negative time outside the blocks
-    (a loaded machine can otherwise fit a negative frame time)."""
+#: the smallest calibration scale: a composition does not run its blocks ten times faster
+#: than they were timed; a fit that wants less is fitting a loaded machine's noise
+MIN_SCALE = 0.1
+
+
+def _fit(x: np.ndarray, y: np.ndarray, frame: float) -> Tuple[float, float]:
+    """Least-squares ``(scale, offset)`` for ``y = scale * x + offset`` subject to
+    ``scale >= MIN_SCALE`` and ``offset >= -frame`` (the time outside blocks stays
+    non-negative), so that every estimate ``frame + offset + scale * x`` is positive.
+
+    Unconstrained least squares fitted ``scale = -1.2`` on a busy machine, which made
+    the fastest configuration take -0.12 s. The constraints are bounds on each
+    parameter, so the constrained optimum is the unconstrained one when that is
+    feasible, else the best point on one of the two bounding edges (each a 1-D least
+    squares, clipped to its bound); all three are tried and the best feasible kept.
+    """
+    def sse(scale: float, offset: float) -> float:
+        return float(np.sum((scale * x + offset - y) ** 2))
+
+    candidates = []
+    if len(x) >= 2 and np.ptp(x) > 0:
+        a = np.vstack([x, np.ones_like(x)]).T
+        (scale, offset), *_ = np.linalg.lstsq(a, y, rcond=None)
+        candidates.append((float(scale), float(offset)))
+    candidates.append((MIN_SCALE, max(-frame, float(np.mean(y - MIN_SCALE * x)))))  # edge scale = MIN_SCALE
+    xx = float(np.dot(x, x))
+    if xx > 0:  # edge offset = -frame
+        candidates.append((max(MIN_SCALE, float(np.dot(x, y + frame)) / xx), -frame))
+    feasible = [(s, o) for s, o in candidates if s >= MIN_SCALE and o >= -frame and math.isfinite(s + o)]
+    return min(feasible, key=lambda c: sse(*c))
+
+
+def _choose_calibration(sums: np.ndarray, measured: np.ndarray, frame: float,
+                        min_sum: float = 0.0) -> Tuple[float, float]:
+    """(scale, offset) fitted to ``measured - frame = scale * sums + offset`` (constrained,
+    see :func:`_fit`), kept only when it beats the plain sum in leave-one-out
+    cross-validation (held-out compositions; noise must not be fitted) and keeps the
+    estimate of the fastest configuration (``min_sum`` of block time) positive. Else
+    ``(1.0, 0.0)``: the plain sum."""
     if len(sums) < 4:
-        return 1.0, 0.0
-    scale, offset = _fit(sums, measured - frame)
-    if not (scale > 0 and frame + offset >= 0):
         return 1.0, 0.0
     raw_err, cal_err = [], []
     for i in range(len(sums)):
         keep = np.arange(len(sums)) != i
-        scale, offset = _fit(sums[keep], measured[keep] - frame)
+        scale, offset = _fit(sums[keep], measured[keep] - frame, frame)
         cal_err.append(abs(frame + offset + scale * sums[i] - measured[i]) / measured[i])
         raw_err.append(abs(frame + sums[i] - measured[i]) / measured[i])
     if np.mean(cal_err) >= np.mean(raw_err):
+        return 1.0, 0.0
+    scale, offset = _fit(sums, measured - frame, frame)
+    if not frame + offset + scale * min_sum > 0:
         return 1.0, 0.0
     return scale, offset
 
@@ -261,18 +330,22 @@ class LatencyEstimator:
         rounds: int = 5,
         method: str = "auto",
     ) -> None:
-        if backend not in ("torch", "onnxruntime"):
-            raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
+        backend = check_choice("backend", backend, ("torch", "onnxruntime"))
+        method = check_choice("method", method, ("auto", "in_situ", "isolated"))
         if method == "auto":
             method = "in_situ" if backend == "torch" else "isolated"
-        if method not in ("in_situ", "isolated"):
-            raise ValueError(f"method must be 'auto', 'in_situ' or 'isolated', got {method!r}")
         if method == "in_situ" and backend != "torch":
-            raise ValueError("in-situ timing needs the torch backend; use method='isolated' with onnxruntime")
+            raise InvalidArgumentError(
+                "in-situ timing needs the torch backend; use method='isolated' with onnxruntime")
+        device = check_device("device", device)
         if backend == "onnxruntime" and torch.device(device).type != "cpu":
-            raise ValueError("the onnxruntime backend measures on the CPU; use device='cpu'")
-        if test_sample_num < 1:
-            raise ValueError(f"test_sample_num must be at least 1, got {test_sample_num}")
+            raise InvalidArgumentError(f"the onnxruntime backend measures on the CPU, not {device!r}; use device='cpu'")
+        test_sample_num = check_int("test_sample_num", test_sample_num, minimum=1,
+                                    hint="pass the timed runs per module, e.g. test_sample_num=50")
+        model_input_size = check_input_size("model_input_size", model_input_size)
+        num_threads = check_int("num_threads", num_threads, minimum=1, allow_none=True,
+                                hint="pass the CPU threads to time with, e.g. num_threads=4, or None for torch's setting")
+        rounds = check_int("rounds", rounds, minimum=1, hint="pass e.g. rounds=5 (the default)")
         self.block_manager = block_manager
         self.model_manager = model_manager
         self.trained_dir = Path(trained_blocks_dir)
@@ -283,8 +356,6 @@ class LatencyEstimator:
         self.backend = backend
         self.num_threads = num_threads or torch.get_num_threads()
         self.verbose = verbose
-        if rounds < 1:
-            raise ValueError(f"rounds must be at least 1, got {rounds}")
         self.rounds = int(rounds)
         self.method = method
 
@@ -337,6 +408,9 @@ class LatencyEstimator:
     ) -> LatencyProfile:
         """Time every descendant and the teacher, then calibrate and validate on
         ``num_compositions`` random compositions each (0 skips both)."""
+        num_compositions = check_int("num_compositions", num_compositions, minimum=0,
+                                     hint="pass e.g. num_compositions=20, or 0 to skip calibration and validation")
+        seed = check_int("seed", seed)
         bm = self.block_manager
         jobs = [(b, s) for b in bm.blocks for s in bm.block_sparsity]
         bar = tqdm(jobs, desc=f"load blocks ({self.backend})", disable=not self.verbose, leave=False)
@@ -519,7 +593,8 @@ class LatencyEstimator:
         if fit:
             x = np.array(sums[: len(fit)])
             y = np.array(measured[: len(fit)])
-            scale, offset = _choose_calibration(x, y, profile.frame_latency_s)
+            min_sum = sum(min(t.values()) for t in table.values())
+            scale, offset = _choose_calibration(x, y, profile.frame_latency_s, min_sum)
         test_sums, test_measured = sums[len(fit):], measured[len(fit):]
         raw = [profile.frame_latency_s + s for s in test_sums]
         cal = [profile.frame_latency_s + offset + scale * s for s in test_sums]

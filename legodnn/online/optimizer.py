@@ -19,9 +19,10 @@ import torch
 
 from ..blockmanager.auto_block_manager import AutoBlockManager
 from ..blockmanager.switcher import BlockSwitcher
-from ..errors import InvalidProblemError, LegoDNNError, StoreError
+from ..errors import LegoDNNError, StoreError
 from ..offline.accuracy_fit import ACCURACY_ESTIMATE_JSON, FittedAccuracyModel, estimate_or_none
 from ..offline.profiles import ModelProfile
+from ..validation import check_float
 from .latency import LatencyProfile, device_description
 from .solver import ScalingProblem, Solution, cheapest, solve
 
@@ -212,10 +213,11 @@ class ScalingOptimizer:
         return self.switcher.model
 
     def choose(self, max_latency: Optional[float], max_memory: Optional[float]) -> Solution:
-        """Solve only (no swap): seconds and bytes; ``None`` leaves a budget open."""
-        for name, value in (("max_latency", max_latency), ("max_memory", max_memory)):
-            if value is not None and not (value > 0):
-                raise InvalidProblemError(f"{name} must be a positive number (seconds / bytes), got {value}")
+        """Solve only (no swap): seconds and bytes; ``None`` (or infinity) leaves a budget open."""
+        max_latency = check_float("max_latency", max_latency, minimum=0.0, min_inclusive=False, finite=False,
+                                  allow_none=True, hint="pass a positive number of seconds, or None for no limit")
+        max_memory = check_float("max_memory", max_memory, minimum=0.0, min_inclusive=False, finite=False,
+                                 allow_none=True, hint="pass a positive number of bytes, or None for no limit")
         return solve(self.problem, max_latency, max_memory)
 
     def update_model(

@@ -17,6 +17,8 @@ from typing import Any, Callable, List, Optional
 
 import torch
 
+from ..errors import ArgumentTypeError
+from ..validation import check_float
 from .optimizer import InfeasibleBudgetError, OptimizationResult, ScalingOptimizer
 
 __all__ = ["Budget", "RuntimeEvent", "OnDeviceRuntime", "memory_budget_source", "available_memory_bytes"]
@@ -57,8 +59,11 @@ def memory_budget_source(
     fraction: float = 0.5, reserve_bytes: int = 0, max_latency_s: Optional[float] = None
 ) -> Callable[[], Budget]:
     """A budget source giving the model ``fraction`` of available memory beyond ``reserve_bytes``."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    fraction = check_float("fraction", fraction, minimum=0.0, maximum=1.0, min_inclusive=False,
+                           hint="pass the share of available memory the model may use, e.g. fraction=0.5")
+    reserve_bytes = check_float("reserve_bytes", reserve_bytes, minimum=0.0)
+    max_latency_s = check_float("max_latency_s", max_latency_s, minimum=0.0, min_inclusive=False, allow_none=True,
+                                hint="pass seconds per inference, e.g. max_latency_s=0.05, or None for no limit")
 
     def source() -> Budget:
         return Budget(max_latency_s, max(1.0, fraction * (available_memory_bytes() - reserve_bytes)))
@@ -88,6 +93,15 @@ class OnDeviceRuntime:
         threshold: float = 0.05,
         fallback: bool = True,
     ) -> None:
+        if not callable(budget_source):
+            raise ArgumentTypeError(
+                f"budget_source must be a callable that returns a Budget, got {type(budget_source).__name__}; "
+                "e.g. memory_budget_source(0.5) or lambda: Budget(max_latency_s=0.05)"
+            )
+        poll_interval_s = check_float("poll_interval_s", poll_interval_s, minimum=0.0, min_inclusive=False,
+                                      hint="pass the seconds between budget polls, e.g. poll_interval_s=0.1")
+        threshold = check_float("threshold", threshold, minimum=0.0,
+                                hint="pass the relative budget change that re-optimizes, e.g. threshold=0.05 (5%)")
         self.optimizer = optimizer
         self.budget_source = budget_source
         self.poll_interval_s = poll_interval_s
@@ -107,6 +121,11 @@ class OnDeviceRuntime:
     def step(self) -> Optional[RuntimeEvent]:
         """Poll the budget once; re-optimize if it moved past the threshold."""
         budget = self.budget_source()
+        if not isinstance(budget, Budget):
+            raise ArgumentTypeError(
+                f"budget_source returned {budget!r} ({type(budget).__name__}), not a Budget; it must return "
+                "Budget(max_latency_s=..., max_memory_bytes=...) (None in a field: no limit on it)"
+            )
         old = self._applied
         if old is not None and not (
             _moved(old.max_latency_s, budget.max_latency_s, self.threshold)
