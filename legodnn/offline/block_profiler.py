@@ -25,6 +25,7 @@ from ..blockmanager.measure import count_bytes
 from ..blockmanager.partition import BLOCK_PREFIX
 from ..blockmanager.store import atomic_write_text
 from ..errors import LegoDNNError
+from ..validation import check_device, check_first_batch, check_input_size, check_int
 from .accuracy_fit import (
     ACCURACY_ESTIMATE_JSON,
     MeasuredComposition,
@@ -113,6 +114,8 @@ class BlockProfiler:
         device: str = "cpu",
         verbose: bool = True,
     ) -> None:
+        model_input_size = check_input_size("model_input_size", model_input_size)
+        device = check_device("device", device)
         self.block_manager = block_manager
         self.model_manager = model_manager
         self.trained_dir = Path(trained_blocks_dir)
@@ -122,6 +125,13 @@ class BlockProfiler:
         self.device = device
         self.verbose = verbose
         self.metric_name = getattr(model_manager, "metric_name", "accuracy")
+
+    def _check_data(self) -> None:
+        """The first test batch fits the model (see :func:`~legodnn.validation.check_first_batch`):
+        NaN images or labels out of range would otherwise be profiled into a silent 0.0."""
+        bm = self.block_manager
+        check_first_batch("test_loader", self.test_loader, self.model_manager, bm.teacher, bm.model_input_size,
+                          self.device)
 
     def _descendants(self) -> Dict[Key, nn.Module]:
         bm = self.block_manager
@@ -181,8 +191,10 @@ class BlockProfiler:
         ``accuracy_estimate.json`` with its cross-validated error. ``num_compositions=0``
         skips them; the optimizer then falls back to summed single-block drops.
         """
-        if isinstance(num_compositions, bool) or not isinstance(num_compositions, int) or num_compositions < 0:
-            raise LegoDNNError(f"num_compositions must be a whole number >= 0, got {num_compositions!r}")
+        check_int("num_compositions", num_compositions, minimum=0,
+                  hint="pass e.g. num_compositions=24, or 0 to skip the fitted estimate")
+        check_int("seed", seed)
+        self._check_data()
         start = time.perf_counter()
         bm, mm = self.block_manager, self.model_manager
         descendants = self._descendants()
@@ -236,6 +248,9 @@ class BlockProfiler:
 
         Needs :meth:`profile_all_blocks` first; writes ``accuracy_model.json``.
         """
+        check_int("num_compositions", num_compositions, minimum=1, hint="pass e.g. num_compositions=10")
+        check_int("seed", seed)
+        self._check_data()
         profile = ModelProfile.load(self.trained_dir)
         table = profile.table()
         bm = self.block_manager

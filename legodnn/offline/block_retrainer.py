@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from ..blockmanager.auto_block_manager import AutoBlockManager
 from ..blockmanager.store import atomic_write_text, sparsity_tag, write_file_atomic
 from ..errors import LegoDNNError
+from ..validation import check_device, check_first_batch, check_int
 from .capture import capture_block_io
 from .guards import finite_loss
 from .composition_retrainer import CompositionHistory, CompositionStage, _class_labels
@@ -88,14 +89,11 @@ class BlockRetrainer:
         label_weight: Optional[float] = None,
         seed: int = 0,
     ) -> None:
-        if isinstance(max_epoch, bool) or not isinstance(max_epoch, int) or max_epoch < 1:
-            raise LegoDNNError(f"max_epoch must be a whole number of epochs >= 1, got {max_epoch!r}")
-        if composition_epochs is not None and (isinstance(composition_epochs, bool) or not isinstance(
-                composition_epochs, int) or composition_epochs < 0):
-            raise LegoDNNError(
-                "composition_epochs must be None (automatic), 0 (block distillation only) or a whole number of "
-                f"epochs, got {composition_epochs!r}"
-            )
+        max_epoch = check_int("max_epoch", max_epoch, minimum=1, hint="pass a whole number of epochs, e.g. max_epoch=3")
+        composition_epochs = check_int(
+            "composition_epochs", composition_epochs, minimum=0, allow_none=True,
+            hint="pass None (automatic), 0 (block distillation only) or a whole number of epochs")
+        device = check_device("device", device)
         self.teacher = teacher_model
         self.block_manager = block_manager
         self.model_manager = model_manager
@@ -202,6 +200,8 @@ class BlockRetrainer:
         Returns the loss history per descendant ("block_3@0.6": {"train": [...], "val": [...]}).
         """
         bm = self.block_manager
+        for name, loader in (("train_loader", self.train_loader), ("val_loader", self.val_loader)):
+            check_first_batch(name, loader, self.model_manager, bm.teacher, bm.model_input_size, self.device)
         self.trained_dir.mkdir(parents=True, exist_ok=True)
         students = {key: bm.load_descendant(self.store, *key).to(self.device) for key in self._keys()}
         optims = {key: self.optimizer_factory(s.parameters()) for key, s in students.items()}

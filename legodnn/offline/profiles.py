@@ -5,12 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, Tuple, Union
 
 from ..blockmanager.store import atomic_write_text
-from ..errors import StoreError
+from ..errors import InvalidProfileError, StoreError
 
 __all__ = ["BlockProfile", "ModelProfile", "PROFILE_JSON", "PROFILE_CSV"]
 
@@ -83,6 +84,55 @@ class ModelProfile:
         if not path.is_file():
             raise StoreError(f"{path} is missing: run BlockProfiler(...).profile_all_blocks() first")
         try:
-            return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
+            profile = cls.from_json(json.loads(path.read_text(encoding="utf-8")))
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"cannot read {path}: {exc}; profile the blocks again") from exc
+        problem = _profile_problem(profile)
+        if problem:
+            raise InvalidProfileError(f"{path} holds invalid numbers: {problem}; profile the blocks again")
+        return profile
+
+
+def _is_number(x: Any) -> bool:
+    return not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _profile_problem(profile: ModelProfile) -> str:
+    """What is wrong with a loaded profile ("" if nothing).
+
+    The optimizer trusts these numbers: a NaN drop counts as free (``max(0.0, nan)`` is
+    0.0), so the block would be pruned "at no cost"; a negative size makes a tiny
+    memory budget feasible. Such a file was edited by hand or written by a broken
+    version. A negative drop is kept: a descendant may score above the teacher on a
+    finite test set, and the optimizer treats that as no drop. Each drop must still be
+    the teacher's metric minus the descendant's, as the profiler writes it.
+    """
+    if not _is_number(profile.teacher_metric):
+        return f"teacher_metric is {profile.teacher_metric!r}"
+    for name in ("teacher_size_bytes", "frame_size_bytes", "teacher_flops", "teacher_params", "num_test_samples"):
+        value = getattr(profile, name)
+        if not _is_number(value) or value < 0:
+            return f"{name} is {value!r} (it must be a non-negative number)"
+    if not profile.blocks:
+        return "no blocks"
+    for p in profile.blocks:
+        where = f"{p.block} at sparsity {p.sparsity!r}"
+        if not _is_number(p.sparsity) or not 0 <= p.sparsity < 1:
+            return f"{where}: the sparsity is not in [0, 1)"
+        if not (_is_number(p.metric_drop) and _is_number(p.metric)):
+            return f"{where}: metric {p.metric!r}, drop {p.metric_drop!r} (NaN or infinite)"
+        tolerance = 1e-6 * max(1.0, abs(profile.teacher_metric))
+        if abs(profile.teacher_metric - p.metric - p.metric_drop) > tolerance:
+            return (f"{where}: drop {p.metric_drop!r} is not the teacher's {profile.teacher_metric!r} minus the "
+                    f"descendant's {p.metric!r}")
+        for name in ("size_bytes", "flops", "params"):
+            value = getattr(p, name)
+            if not _is_number(value) or value < 0:
+                return f"{where}: {name} is {value!r} (it must be a non-negative number)"
+    levels = {name: sorted(t) for name, t in profile.table().items()}
+    first = next(iter(levels.values()))
+    if 0.0 not in first or any(v != first for v in levels.values()):
+        return f"the blocks were profiled at different sparsities, or without sparsity 0 ({levels})"
+    if len(profile.blocks) != sum(len(v) for v in levels.values()):
+        return "a (block, sparsity) appears twice"
+    return ""
