@@ -50,6 +50,7 @@ from cv_tasks import get_model  # noqa: E402
 from cv_tasks.image_classification.train import load_weights, warmup_cosine  # noqa: E402
 from legodnn import AutoBlockManager, BlockProfiler, BlockRetrainer, CommonModelManager  # noqa: E402
 from legodnn.offline import CompositionRetrainer, FittedAccuracyModel  # noqa: E402
+from legodnn.offline.bn_calibration import recalibrate_store  # noqa: E402
 from legodnn.offline.composition import distillation_loss  # noqa: E402
 
 SPARSITIES = [0.0, 0.3, 0.6, 0.8]
@@ -223,8 +224,8 @@ def main() -> None:
     p.add_argument("--teacher", type=Path, default=Path(__file__).parent / "weights" / "cifar10_resnet18_w16.safetensors")
     p.add_argument("--work", type=Path, required=True)
     p.add_argument("--retrain-images", type=int, default=20000, help="training images for retraining (the teacher's)")
-    p.add_argument("--block-epochs", type=int, default=3)
-    p.add_argument("--composition-epochs", type=int, default=2)
+    p.add_argument("--block-epochs", type=int, default=8)
+    p.add_argument("--composition-epochs", type=int, default=4)
     p.add_argument("--composition-lr", type=float, default=0.01)
     p.add_argument("--batchnorm", default="train", choices=("frozen", "train"))
     p.add_argument("--fit-compositions", type=int, default=24)
@@ -280,7 +281,7 @@ def main() -> None:
     def block_stage() -> Dict[str, Any]:
         t = time.perf_counter()
         BlockRetrainer(teacher, bm, mm, str(compressed), str(block_dir), args.block_epochs, train_b, val_b,
-                       verbose=verbose).train_all_blocks()
+                       verbose=verbose, composition_epochs=0).train_all_blocks()  # block distillation alone
         return {"seconds": time.perf_counter() - t}
 
     timings["block_distillation"] = _stage(work, "block_stage", block_stage)["seconds"]
@@ -299,7 +300,17 @@ def main() -> None:
     print(f"composition-aware retraining: {timings['composition_aware']:.0f} s (held-out loss {comp['val']})",
           flush=True)
 
-    for name, store in (("block", block_dir), ("composed", composed_dir)):
+    recalibrated_dir = work / "composed_bn"
+
+    def recalibrate_stage() -> Dict[str, Any]:
+        t = time.perf_counter()
+        batches = recalibrate_store(bm, mm, str(composed_dir), str(recalibrated_dir), train_b, max_batches=50)
+        return {"seconds": time.perf_counter() - t, "batches": batches}
+
+    timings["batchnorm_recalibration"] = _stage(work, "recalibrate_stage", recalibrate_stage)["seconds"]
+
+    stores = (("block", block_dir), ("composed", composed_dir), ("composed_bn", recalibrated_dir))
+    for name, store in stores:
         def profile(store: Path = store) -> Dict[str, Any]:
             t = time.perf_counter()
             BlockProfiler(teacher, bm, mm, str(store), profile_b, SIZE, verbose=verbose).profile_all_blocks(
@@ -313,7 +324,7 @@ def main() -> None:
 
     configs = _compositions(bm.block_names, args.random, seed=1)
     result["evaluation"] = {name: _stage(work, f"evaluate_{name}", lambda s=store: {"rows": _evaluate_store(
-        bm, mm, s, configs, test_b)})["rows"] for name, store in (("block", block_dir), ("composed", composed_dir))}
+        bm, mm, s, configs, test_b)})["rows"] for name, store in stores}
 
     budget = timings["block_distillation"] + timings["composition_aware"]
     tp_rows = []

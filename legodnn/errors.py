@@ -14,6 +14,8 @@ __all__ = [
     "StoreError",
     "FingerprintMismatchError",
     "CorruptedStoreError",
+    "NotOursError",
+    "StaleProfileError",
     "InvalidProblemError",
     "InvalidArgumentError",
     "ArgumentTypeError",
@@ -49,6 +51,14 @@ class FingerprintMismatchError(StoreError):
 
 class CorruptedStoreError(StoreError):
     """A file in a blocks directory does not match what its manifest records."""
+
+
+class NotOursError(StoreError):
+    """A write would replace a path legodnn did not create (a user's folder or file)."""
+
+
+class StaleProfileError(StoreError):
+    """A profile was measured on other weights or blocks than the store now holds."""
 
 
 class InvalidProblemError(LegoDNNError, ValueError):

@@ -1,22 +1,28 @@
 """Block manager: trace a model, cut it into blocks, generate, store and switch descendants."""
 
-from .auto_block_manager import AutoBlockManager as AutoBlockManager
-from .partition import Partition as Partition
-from .specs import BlockSpec as BlockSpec, DescendantSpec as DescendantSpec
-from .store import BlockStore as BlockStore
-from .switcher import (
-    BlockSwitcher as BlockSwitcher,
-    LegoModel as LegoModel,
-    SwitchResult as SwitchResult,
-)
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "AutoBlockManager",
-    "BlockSpec",
-    "BlockStore",
-    "BlockSwitcher",
-    "DescendantSpec",
-    "LegoModel",
-    "Partition",
-    "SwitchResult",
-]
+from legodnn._lazy import lazy_exports
+
+_EXPORTS = {
+    "AutoBlockManager": ".auto_block_manager",
+    "BlockSpec": ".specs",
+    "BlockStore": ".store",
+    "BlockSwitcher": ".switcher",
+    "DescendantSpec": ".specs",
+    "LegoModel": ".switcher",
+    "Partition": ".partition",
+    "StoreManifest": ".manifest",
+    "StoreWriter": ".store",
+    "SwitchResult": ".switcher",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # the names for type checkers and editors; at run time they load on use
+    from .auto_block_manager import AutoBlockManager as AutoBlockManager  # noqa: F401
+    from .specs import BlockSpec as BlockSpec, DescendantSpec as DescendantSpec  # noqa: F401
+    from .store import BlockStore as BlockStore, StoreWriter as StoreWriter  # noqa: F401
+    from .switcher import BlockSwitcher as BlockSwitcher, LegoModel as LegoModel, SwitchResult as SwitchResult  # noqa: F401
+    from .partition import Partition as Partition  # noqa: F401
+    from .manifest import StoreManifest as StoreManifest  # noqa: F401

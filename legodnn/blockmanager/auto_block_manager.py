@@ -23,7 +23,6 @@ from ..errors import (
     TraceError,
 )
 from ..validation import check_device, check_float, check_input_size, check_module
-from ..version import __version__
 from .channels import ChannelAnalysis, analyze_channels
 from .fingerprint import architecture_fingerprint
 from .loading import load_descendant
@@ -32,8 +31,9 @@ from .partition import Partition, extract_block
 from .pruning import build_descendant, plan_pruning
 from .regions import Region, find_candidate_regions, select_regions
 from .specs import BlockSpec, DescendantSpec
-from .store import FORMAT_VERSION, BlockStore, StoreWriter, sparsity_tag
-from .tracing import CONV_TYPES, TracedPart, trace_model
+from .manifest import BlockEntry, FileRef, PartEntry, StoreManifest
+from .store import FRAME_FILE, BlockStore, StoreWriter, descendant_file
+from .tracing import CONV_TYPES, TracedPart, dummy_runner, trace_model
 
 __all__ = ["AutoBlockManager", "validate_sparsities", "dummy_runner"]
 
@@ -69,15 +69,6 @@ def validate_sparsities(block_sparsity: Sequence[float]) -> List[float]:
     if values[0] != 0.0:
         values.insert(0, 0.0)
     return values
-
-
-def dummy_runner(
-    model: nn.Module, model_manager: Any, model_input_size: Tuple[int, ...], device: str
-) -> Callable[[], Any]:
-    """A function that runs the model once on a dummy input, via the model manager if any."""
-    if model_manager is not None:
-        return lambda: model_manager.dummy_forward_to_gen_mid_data(model, model_input_size, device)
-    return lambda: model(torch.rand(model_input_size, device=device))
 
 
 class AutoBlockManager:
@@ -344,38 +335,35 @@ class AutoBlockManager:
         _SHAPES_CHECKED.setdefault(module, set()).add(key)
 
     # -- extraction -------------------------------------------------------------
-    def extract_all_blocks(self, blocks_dir: str) -> List[DescendantSpec]:
+    def extract_all_blocks(self, blocks_dir: str, overwrite: bool = False) -> List[DescendantSpec]:
         """Generate every descendant of every block and write the blocks directory.
 
-        The directory appears complete or not at all (it is written under a temporary name
-        and renamed); an existing store at that path is replaced.
+        The directory appears complete or not at all (written under a temporary name and
+        exchanged in one step). An existing store of this model is replaced; another
+        model's store needs ``overwrite=True``; a path holding anything else is refused
+        (:class:`~legodnn.errors.NotOursError`) and left as it is.
         """
-        writer = StoreWriter(blocks_dir)
-        try:
+        with StoreWriter(blocks_dir, self.fingerprint, overwrite) as writer:
             manifest, descendants = self._write(writer)
             writer.commit(manifest)
-        except BaseException:
-            writer.abort()
-            raise
         return descendants
 
-    def _write(self, writer: StoreWriter) -> Tuple[Dict[str, Any], List[DescendantSpec]]:
+    def _write(self, writer: StoreWriter) -> Tuple[StoreManifest, List[DescendantSpec]]:
         composed = self.compose()
         block_keys = {
             f"{self.partition.block_path(s.name)}.{k}" for s in self.blocks for k in self.get_block(s.name).state_dict()
         }
         frame_state = {k: v for k, v in composed.state_dict().items() if k not in block_keys}
-        frame_sha = writer.write_tensors("frame.safetensors", frame_state)
+        frame = FileRef(FRAME_FILE, writer.write_tensors(FRAME_FILE, frame_state))
         all_desc: List[DescendantSpec] = []
-        blocks_json = []
         jobs = [(s, sp) for s in self.blocks for sp in self.block_sparsity]
         call_shapes = self.block_call_shapes()
         bar = tqdm(jobs, desc="descendant blocks", disable=not self.verbose, leave=False)
-        per_block: Dict[str, list] = {s.name: [] for s in self.blocks}
+        per_block: Dict[str, List[DescendantSpec]] = {s.name: [] for s in self.blocks}
         for spec, sparsity in bar:
             plan = self.pruning_plan(spec.name, sparsity)
             block = build_descendant(self.get_block(spec.name), plan, self._analysis(spec.name))
-            file = f"{spec.name}_s{sparsity_tag(sparsity)}.safetensors"
+            file = descendant_file(spec.name, sparsity)
             sha = writer.write_tensors(file, block.state_dict())
             desc = DescendantSpec(
                 block=spec.name,
@@ -387,26 +375,20 @@ class AutoBlockManager:
                 file=file,
                 sha256=sha,
             )
-            per_block[spec.name].append(desc.to_json())
+            per_block[spec.name].append(desc)
             all_desc.append(desc)
-        for spec in self.blocks:
-            blocks_json.append({"spec": spec.to_json(), "descendants": per_block[spec.name]})
-        manifest = {
-            "format": "legodnn-blocks",
-            "format_version": FORMAT_VERSION,
-            "legodnn_version": __version__,
-            "torch_version": torch.__version__,
-            "fingerprint": self.fingerprint,
-            "model_class": type(self.model).__name__,
-            "model_input_size": list(self.model_input_size),
-            "block_sparsity": self.block_sparsity,
-            "compress_layer_max_ratio": self.compress_layer_max_ratio,
-            "max_convs_per_block": self.max_convs_per_block,
-            "coverage_conv_params": self.coverage,
-            "parts": [{"path": p.path, "input_shape": list(p.example_input.shape)} for p in self.parts],
-            "frame": {"file": "frame.safetensors", "sha256": frame_sha},
-            "blocks": blocks_json,
-        }
+        manifest = StoreManifest(
+            fingerprint=self.fingerprint,
+            model_class=type(self.model).__name__,
+            model_input_size=tuple(self.model_input_size),
+            block_sparsity=tuple(self.block_sparsity),
+            compress_layer_max_ratio=self.compress_layer_max_ratio,
+            max_convs_per_block=self.max_convs_per_block,
+            coverage_conv_params=self.coverage,
+            parts=tuple(PartEntry(p.path, tuple(p.example_input.shape)) for p in self.parts),
+            frame=frame,
+            blocks=tuple(BlockEntry(spec, tuple(per_block[spec.name])) for spec in self.blocks),
+        )
         return manifest, all_desc
 
 

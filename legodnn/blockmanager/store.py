@@ -1,9 +1,23 @@
-"""The blocks directory: a JSON manifest plus safetensors weights, written atomically.
+"""The blocks directory: one object owns its layout, its writes and its rules.
 
-The whole directory is written under a temporary name beside the target and renamed
-into place at the end, so a reader sees either the previous store or the complete new
-one. The manifest records a SHA-256 of every weights file; loading checks it, and
-safetensors never unpickles code.
+A store is a folder holding ``manifest.json`` (:class:`StoreManifest`), safetensors
+weights (the frame and every descendant), the profiles measured on it and, for a
+trained store, the retraining state under ``training/``. No other module knows a file
+name: they ask :class:`BlockStore` for a path or write through it.
+
+Rules every write follows:
+
+- **Atomic.** A new store is written under a temporary sibling name and exchanged with
+  the old one in one step: readers and killed writers see the old store or the new one.
+  Single files (profiles) go through a temporary file and a rename. Leftovers of
+  writers that died are removed the next time the store is opened or written.
+- **Never destroy what is not ours.** A path that holds anything but a legodnn store
+  (or a folder legodnn marked as its own work folder) is refused: a regular file, a
+  link, a folder with other files. A store of the *same* model (same architecture
+  fingerprint) is refreshed in place of the old one; replacing a *different* model's
+  store needs ``overwrite=True``.
+- **Checked reads.** File names are confined to the store, every file's SHA-256 is
+  checked when it is read, and safetensors never unpickles code.
 """
 
 from __future__ import annotations
@@ -12,34 +26,52 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
-import uuid
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from ..errors import CorruptedStoreError, FingerprintMismatchError, StoreError
-from ..version import __version__
+from ..errors import CorruptedStoreError, FingerprintMismatchError, NotOursError, StoreError
+from .atomic import (
+    copy_file_atomic,
+    exchange_paths,
+    remove_stale_temps,
+    temp_path,
+    write_tensors_atomic,
+    write_text_atomic,
+)
+from .manifest import FORMAT, FORMAT_VERSION, FileRef, StoreManifest
 from .specs import BlockSpec, DescendantSpec
 
 __all__ = [
     "MANIFEST_NAME",
     "FORMAT_VERSION",
-    "StoreWriter",
     "BlockStore",
-    "atomic_write_text",
-    "copy_file_atomic",
-    "remove_manifest",
+    "StoreWriter",
+    "claim_path",
+    "mark_work_dir",
     "sparsity_tag",
+    "atomic_write_text",
     "write_file_atomic",
-    "write_manifest",
+    "copy_file_atomic",
 ]
 
-MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
 PathLike = Union[str, os.PathLike]
+
+# The layout: every name a store's files go by.
+MANIFEST_NAME = "manifest.json"
+FRAME_FILE = "frame.safetensors"
+WORK_MARKER = ".legodnn"  # in a folder legodnn created before it holds a store (a retrainer's work folder)
+TRAINING_DIR = "training"
+BLOCK_PROFILE = "block_profile.json"
+BLOCK_PROFILE_CSV = "block_profile.csv"
+LATENCY_PROFILE = "latency_profile.json"
+ACCURACY_ESTIMATE = "accuracy_estimate.json"
+ACCURACY_MODEL_CHOICE = "accuracy_model.json"
+
+# kept for callers of the first API
+atomic_write_text = write_text_atomic
+write_file_atomic = write_tensors_atomic
 
 
 def sparsity_tag(sparsity: float) -> str:
@@ -47,168 +79,274 @@ def sparsity_tag(sparsity: float) -> str:
     return f"{sparsity:g}".replace(".", "p")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def descendant_file(block: str, sparsity: float) -> str:
+    return f"{block}_s{sparsity_tag(sparsity)}.safetensors"
 
 
-def atomic_write_text(path: PathLike, text: str) -> None:
-    """Write a text file via a temporary file and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _read_manifest(root: Path) -> Optional[Dict[str, Any]]:
+    """The raw manifest of a legodnn store at ``root``, or None if ``root`` holds none."""
+    path = root / MANIFEST_NAME
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == FORMAT else None
 
 
-def _to_cpu(tensors: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    # clone: safetensors refuses tensors that share memory (tied weights)
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+def claim_path(target: PathLike, fingerprint: Optional[str], overwrite: bool = False, what: str = "blocks_dir") -> Path:
+    """Check that legodnn may write a store at ``target``; returns it as an absolute path.
+
+    Allowed: a missing path, an empty folder, a legodnn work folder, a store of the same
+    model (``fingerprint``; ``None`` accepts any), or any store with ``overwrite``.
+    Everything else raises :class:`NotOursError` and is left untouched.
+    """
+    target = Path(target).absolute()
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise NotOursError(
+            f"{what} {str(target)!r} is a file, not a legodnn blocks directory; legodnn does not overwrite it. "
+            "Choose a new path (it is created) or remove the file yourself")
+    if not target.exists():
+        return target
+    entries = sorted(p.name for p in target.iterdir())
+    if not entries or (target / WORK_MARKER).is_file():
+        return target
+    manifest = _read_manifest(target)
+    if manifest is None:
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise NotOursError(
+            f"{what} {str(target)!r} already holds files legodnn did not write ({shown}); legodnn does not "
+            "overwrite them. Choose a new or empty folder")
+    if fingerprint is not None and manifest.get("fingerprint") != fingerprint and not overwrite:
+        raise NotOursError(
+            f"{what} {str(target)!r} holds the blocks of another model (architecture fingerprint "
+            f"{str(manifest.get('fingerprint'))[:12]}, this model {fingerprint[:12]}); pass overwrite=True to "
+            "replace them, or choose another folder")
+    return target
+
+
+def mark_work_dir(folder: PathLike) -> Path:
+    """Create ``folder`` (after :func:`claim_path`) and mark it as legodnn's, so a later run may write it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / WORK_MARKER
+    if not marker.exists():
+        write_text_atomic(marker, json.dumps({"format": "legodnn-work", "note": "created by legodnn"}))
+    return folder
+
+
+def _clean(root: Path) -> None:
+    """Remove what dead writers left inside and beside ``root`` (ignored on a read-only disk)."""
+    try:
+        remove_stale_temps(root.parent, root.name)
+        remove_stale_temps(root)
+    except OSError:
+        pass
 
 
 class StoreWriter:
-    """Writes a new store into a temporary sibling directory; :meth:`commit` moves it in place."""
+    """Writes a new store under a temporary sibling folder; :meth:`commit` puts it in place.
 
-    def __init__(self, blocks_dir: PathLike) -> None:
-        self.target = Path(blocks_dir).absolute()
+    The target is claimed first (:func:`claim_path`): nothing is written unless legodnn
+    may replace what is there. ``keep`` names entries of the previous folder carried
+    into the new store (the retraining state).
+    """
+
+    def __init__(self, blocks_dir: PathLike, fingerprint: Optional[str] = None, overwrite: bool = False,
+                 keep: Tuple[str, ...] = ()) -> None:
+        self.target = claim_path(blocks_dir, fingerprint, overwrite)
         self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.target.parent / f".{self.target.name}.writing-{uuid.uuid4().hex[:8]}"
+        _clean(self.target)
+        self.keep = keep
+        self.tmp = temp_path(self.target, "writing")
         self.tmp.mkdir()
 
     def write_tensors(self, name: str, tensors: Mapping[str, torch.Tensor]) -> str:
-        """Save one safetensors file; returns its SHA-256."""
-        return write_file_atomic(self.tmp / name, tensors)
+        """Save one safetensors file into the new store; returns its SHA-256."""
+        return write_tensors_atomic(self.tmp / name, tensors)
 
-    def commit(self, manifest: Dict[str, Any]) -> None:
-        atomic_write_text(self.tmp / MANIFEST_NAME, json.dumps(manifest, indent=1))
-        old: Optional[Path] = None
-        if self.target.exists():
-            old = self.target.parent / f".{self.target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(self.target, old)
-        os.replace(self.tmp, self.target)
+    def copy_from(self, store: "BlockStore", ref: FileRef) -> None:
+        """Carry a file of another store over unchanged (a hard link when the disk allows)."""
+        src, dst = store.root / ref.file, self.tmp / ref.file
+        try:
+            os.link(src, dst)
+        except OSError:
+            copy_file_atomic(src, dst)
+
+    def commit(self, manifest: Union[StoreManifest, Dict[str, Any]]) -> "BlockStore":
+        """Write the manifest and exchange the new folder with the target in one step."""
+        data = manifest.to_json() if isinstance(manifest, StoreManifest) else manifest
+        write_text_atomic(self.tmp / MANIFEST_NAME, json.dumps(data, indent=1))
+        claim_path(self.target, data.get("fingerprint"), overwrite=True)  # nothing foreign appeared meanwhile
+        old = exchange_paths(self.tmp, self.target)
         if old is not None:
+            for name in self.keep:
+                if (old / name).exists() and not (self.target / name).exists():
+                    os.replace(old / name, self.target / name)
             shutil.rmtree(old, ignore_errors=True)
+        return BlockStore(self.target)
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
+    def __enter__(self) -> "StoreWriter":
+        return self
 
-def write_file_atomic(path: PathLike, tensors: Mapping[str, torch.Tensor]) -> str:
-    """Save a safetensors file via a temporary name and a rename; returns its SHA-256."""
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        save_file(_to_cpu(tensors), str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return _sha256(path)
-
-
-def copy_file_atomic(src: PathLike, dst: PathLike) -> None:
-    dst = Path(dst)
-    tmp = dst.parent / f".{dst.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_manifest(blocks_dir: PathLike, manifest: Dict[str, Any]) -> None:
-    """Write the manifest last: its presence is what marks a store complete."""
-    atomic_write_text(Path(blocks_dir) / MANIFEST_NAME, json.dumps(manifest, indent=1))
-
-
-def remove_manifest(blocks_dir: PathLike) -> None:
-    """Mark a store incomplete before rewriting its files in place."""
-    path = Path(blocks_dir) / MANIFEST_NAME
-    if path.exists():
-        path.unlink()
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is not None or self.tmp.exists():
+            self.abort()
 
 
 class BlockStore:
-    """A blocks directory opened for reading; validates the manifest up front."""
+    """A blocks directory opened for reading; the manifest is parsed and checked up front."""
 
     def __init__(self, blocks_dir: PathLike) -> None:
         self.root = Path(blocks_dir)
-        manifest_path = self.root / MANIFEST_NAME
+        _clean(self.root)  # first: a store a dead writer left renamed aside is put back
         if not self.root.is_dir():
             raise StoreError(
                 f"blocks directory {str(self.root)!r} does not exist: run "
-                "AutoBlockManager.extract_all_blocks(...) to create it"
-            )
+                "AutoBlockManager.extract_all_blocks(...) to create it")
+        manifest_path = self.root / MANIFEST_NAME
         if not manifest_path.is_file():
             raise StoreError(
                 f"{str(self.root)!r} has no {MANIFEST_NAME}: it is not a legodnn blocks directory, "
-                "or writing it was interrupted; extract the blocks again"
-            )
+                "or writing it was interrupted (a retraining that has not finished); extract or retrain again")
         try:
-            self.manifest: Dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
+            raw = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise CorruptedStoreError(f"cannot read {manifest_path}: {exc}; extract the blocks again") from exc
-        version = self.manifest.get("format_version")
-        if self.manifest.get("format") != "legodnn-blocks" or version != FORMAT_VERSION:
-            raise StoreError(
-                f"{manifest_path} has format {self.manifest.get('format')!r} version {version!r}; "
-                f"this legodnn ({__version__}) reads legodnn-blocks version {FORMAT_VERSION}"
-            )
-        self.blocks: List[BlockSpec] = [BlockSpec.from_json(b["spec"]) for b in self.manifest["blocks"]]
+        self.manifest: StoreManifest = StoreManifest.from_json(raw, str(manifest_path))
+        self.blocks: List[BlockSpec] = [b.spec for b in self.manifest.blocks]
         self.descendants: Dict[str, Dict[float, DescendantSpec]] = {
-            b["spec"]["name"]: {float(d["sparsity"]): DescendantSpec.from_json(d) for d in b["descendants"]}
-            for b in self.manifest["blocks"]
-        }
+            b.spec.name: {d.sparsity: d for d in b.descendants} for b in self.manifest.blocks}
+        self._verified: Dict[str, Tuple[int, int]] = {}
+
+    # -- what it holds ----------------------------------------------------------
+    @property
+    def block_names(self) -> List[str]:
+        return self.manifest.block_names
 
     @property
     def block_sparsity(self) -> List[float]:
-        return [float(s) for s in self.manifest["block_sparsity"]]
+        return list(self.manifest.block_sparsity)
 
     @property
     def fingerprint(self) -> str:
-        return str(self.manifest["fingerprint"])
+        return self.manifest.fingerprint
+
+    @property
+    def weights_digest(self) -> str:
+        return self.manifest.weights_digest
+
+    @property
+    def architecture_digest(self) -> str:
+        return self.manifest.architecture_digest
+
+    def path(self, name: str) -> Path:
+        """Where a named file of the layout lives (``BLOCK_PROFILE``, ``LATENCY_PROFILE``...)."""
+        return self.root / name
 
     def check_fingerprint(self, fingerprint: str) -> None:
         if fingerprint != self.fingerprint:
             raise FingerprintMismatchError(
                 f"blocks directory {str(self.root)!r} was written for a different model architecture "
                 f"(fingerprint {self.fingerprint[:12]}, this model {fingerprint[:12]}); pass the model "
-                "the blocks were extracted from, or extract blocks for this model"
-            )
-
-    def load_tensors(self, name: str, sha256: str) -> Dict[str, torch.Tensor]:
-        """Load one weights file after checking it exists and matches its recorded hash."""
-        path = self.root / name
-        if not path.is_file():
-            raise CorruptedStoreError(f"weights file {path} is missing; extract the blocks again")
-        if sha256 and _sha256(path) != sha256:
-            raise CorruptedStoreError(
-                f"weights file {path} does not match the hash in its manifest (corrupted or "
-                "overwritten); extract the blocks again"
-            )
-        try:
-            return load_file(str(path))
-        except Exception as exc:
-            raise CorruptedStoreError(f"cannot read weights file {path}: {exc}") from exc
+                "the blocks were extracted from, or extract blocks for this model")
 
     def descendant(self, block: str, sparsity: float) -> DescendantSpec:
         table = self.descendants.get(block)
         if table is None:
-            raise StoreError(f"blocks directory has no block named {block!r}")
+            raise StoreError(f"blocks directory {str(self.root)!r} has no block named {block!r}; "
+                             f"its blocks are {self.block_names}")
         for s, spec in table.items():
             if abs(s - sparsity) < 1e-9:
                 return spec
-        raise StoreError(
-            f"block {block!r} has no descendant at sparsity {sparsity}; available: {sorted(table)}"
-        )
+        raise StoreError(f"block {block!r} has no descendant at sparsity {sparsity}; available: {sorted(table)}")
+
+    # -- reading weights --------------------------------------------------------
+    def load_tensors(self, name: Union[str, FileRef], sha256: str = "") -> Dict[str, torch.Tensor]:
+        """One weights file, read once, its hash checked on those bytes, then deserialized.
+
+        A file already verified by this object (same size and modification time) is
+        not hashed again.
+        """
+        from safetensors.torch import load
+
+        ref = name if isinstance(name, FileRef) else FileRef(name, sha256)
+        path = self.root / ref.file
+        try:
+            data = path.read_bytes()
+            stat = path.stat()
+        except FileNotFoundError:
+            raise CorruptedStoreError(f"weights file {path} is missing; extract the blocks again") from None
+        except OSError as exc:
+            raise CorruptedStoreError(f"cannot read weights file {path}: {exc}") from exc
+        seen = (stat.st_size, stat.st_mtime_ns)
+        if self._verified.get(ref.file) != seen:
+            if hashlib.sha256(data).hexdigest() != ref.sha256:
+                raise CorruptedStoreError(
+                    f"weights file {path} does not match the hash in its manifest (corrupted or "
+                    "overwritten); extract the blocks again")
+            self._verified[ref.file] = seen
+        try:
+            return load(data)
+        except Exception as exc:
+            raise CorruptedStoreError(f"cannot read weights file {path}: {exc}") from exc
+
+    def frame_tensors(self) -> Dict[str, torch.Tensor]:
+        return self.load_tensors(self.manifest.frame)
+
+    def descendant_tensors(self, block: str, sparsity: float) -> Dict[str, torch.Tensor]:
+        desc = self.descendant(block, sparsity)
+        return self.load_tensors(FileRef(desc.file, desc.sha256))
+
+    # -- profiles ---------------------------------------------------------------
+    def read_json(self, name: str) -> Optional[Any]:
+        """A JSON file of the layout, or None when the store has none."""
+        path = self.root / name
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CorruptedStoreError(f"cannot read {path}: {exc}; profile again") from exc
+
+    def write_json(self, name: str, data: Any) -> Path:
+        """Write (atomically) a JSON file of the layout into the store."""
+        path = self.root / name
+        write_text_atomic(path, json.dumps(data, indent=1))
+        return path
+
+    def write_text(self, name: str, text: str) -> Path:
+        path = self.root / name
+        write_text_atomic(path, text)
+        return path
+
+    # -- writing a store from this one -----------------------------------------
+    def write_copy(
+        self,
+        target: PathLike,
+        weights: Mapping[Tuple[str, float], Mapping[str, torch.Tensor]],
+        trained: Mapping[str, Any],
+        keep: Tuple[str, ...] = (TRAINING_DIR,),
+    ) -> "BlockStore":
+        """A new store at ``target``: this one's files with the descendants in ``weights`` replaced.
+
+        Unchanged files are hard-linked (or copied); ``trained`` is merged into the
+        manifest's record; profiles are not carried over (they measured other weights).
+        The whole store appears at once (:class:`StoreWriter`).
+        """
+        if Path(target).absolute() == self.root.absolute():
+            raise StoreError(f"cannot write store {str(self.root)!r} onto itself; choose another target")
+        writer = StoreWriter(target, self.fingerprint, keep=keep)
+        with writer:
+            writer.copy_from(self, self.manifest.frame)
+            shas: Dict[Tuple[str, float], str] = {}
+            for block in self.manifest.blocks:
+                for desc in block.descendants:
+                    key = (block.spec.name, desc.sparsity)
+                    if key in weights:
+                        shas[key] = writer.write_tensors(desc.file, weights[key])
+                    else:
+                        writer.copy_from(self, FileRef(desc.file, desc.sha256))
+            return writer.commit(self.manifest.with_weights(shas, trained))

@@ -22,14 +22,13 @@ from torch import nn
 
 from ..errors import ArgumentTypeError, CorruptedStoreError, InvalidSparsityError
 from ..validation import check_int
-from .auto_block_manager import dummy_runner
-from .channels import analyze_channels
+from .channels import ChannelAnalysis, analyze_channels
 from .fingerprint import architecture_fingerprint
 from .loading import load_descendant, load_state_into
 from .measure import count_bytes
 from .partition import Partition, replace_modules
 from .store import BlockStore
-from .tracing import trace_model
+from .tracing import dummy_runner, trace_model
 
 __all__ = ["BlockSwitcher", "LegoModel", "SwitchResult"]
 
@@ -74,32 +73,40 @@ class BlockSwitcher:
     """Serve a model assembled from a blocks directory and switch its blocks live.
 
     ``model`` is the teacher's architecture (its weights may be random: every weight
-    comes from the store). Descendants already built stay cached in memory up to
-    ``cache_bytes``; the live ones never leave the cache.
+    comes from the store); it is traced once, the way the block manager traced it.
+    Descendants already built stay cached in memory up to ``cache_bytes``; the live
+    ones never leave the cache. :meth:`from_block_manager` reuses a block manager's
+    trace instead.
     """
 
     def __init__(
         self,
-        blocks_dir: str,
+        blocks_dir: Union[str, BlockStore],
         model: nn.Module,
         device: str = "cpu",
         cache_bytes: int = 256 * 2**20,
         model_manager: Any = None,
+        *,
+        _prepared: Optional[Tuple[nn.Module, Partition, Dict[str, ChannelAnalysis]]] = None,
     ) -> None:
         check_int("cache_bytes", cache_bytes, minimum=0, hint="pass the bytes of descendants to keep cached, e.g. 2**28")
-        self.store = BlockStore(blocks_dir)
+        self.store = blocks_dir if isinstance(blocks_dir, BlockStore) else BlockStore(blocks_dir)
         self.device = device
         self.cache_bytes = int(cache_bytes)
         self.block_sparsity = self.store.block_sparsity
-        model = copy.deepcopy(model).to(device)
-        input_size = tuple(self.store.manifest["model_input_size"])
-        runner = dummy_runner(model, model_manager, input_size, device)
-        paths = [p["path"] for p in self.store.manifest["parts"]]
-        parts = trace_model(model, runner, paths=paths)
-        self.store.check_fingerprint(architecture_fingerprint(model, parts))
-        self.partition = Partition.from_specs(parts, self.store.blocks)
+        if _prepared is None:
+            model = copy.deepcopy(model).to(device)
+            manifest = self.store.manifest
+            runner = dummy_runner(model, model_manager, manifest.model_input_size, device)
+            parts = trace_model(model, runner, paths=[p.path for p in manifest.parts])
+            self.store.check_fingerprint(architecture_fingerprint(model, parts))
+            partition = Partition.from_specs(parts, self.store.blocks)
+            analyses = {n: analyze_channels(b) for n, b in partition.blocks.items()}
+        else:
+            model, partition, analyses = _prepared
+        self.partition = partition
         self.block_names = [s.name for s in self.partition.specs]
-        self._analyses = {n: analyze_channels(b) for n, b in self.partition.blocks.items()}
+        self._analyses = analyses
         body = self.partition.compose(model, self.partition.blocks)
         self._load_frame(body)
         for name, block in self.partition.blocks.items():
@@ -110,10 +117,21 @@ class BlockSwitcher:
         self._cache: "OrderedDict[Tuple[str, float], Tuple[nn.Module, int]]" = OrderedDict()
         self._lock = threading.Lock()
 
+    @classmethod
+    def from_block_manager(cls, blocks_dir: Union[str, BlockStore], block_manager: Any, device: str = "cpu",
+                           cache_bytes: int = 256 * 2**20) -> "BlockSwitcher":
+        """A switcher that reuses ``block_manager``'s trace and analyses (copied: its teacher stays as it is)."""
+        store = block_manager.open_store(blocks_dir)
+        analyses = {n: block_manager._analysis(n) for n in block_manager.block_names}
+        model, partition, analyses = copy.deepcopy((block_manager.model, block_manager.partition, analyses))
+        model.to(device)
+        for block in partition.blocks.values():
+            block.to(device)
+        return cls(store, model, device, cache_bytes, _prepared=(model, partition, analyses))
+
     # -- loading ----------------------------------------------------------------
     def _load_frame(self, body: nn.Module) -> None:
-        frame = self.store.manifest["frame"]
-        state = self.store.load_tensors(frame["file"], frame["sha256"])
+        state = self.store.frame_tensors()
         block_prefixes = tuple(self.partition.block_path(n) + "." for n in self.block_names)
         try:
             missing, unexpected = body.load_state_dict(state, strict=False)

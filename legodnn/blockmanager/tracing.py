@@ -19,7 +19,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import TraceError
 
-__all__ = ["TracedPart", "LegoTracer", "trace_model", "PRUNABLE_TYPES", "CONV_TYPES"]
+__all__ = ["TracedPart", "LegoTracer", "trace_model", "dummy_runner", "PRUNABLE_TYPES", "CONV_TYPES"]
 
 logger = logging.getLogger(__name__)
 
@@ -212,3 +212,12 @@ def _trace_parts(model: nn.Module, run_dummy: Callable[[], Any]) -> List[TracedP
             ", ".join(p.path for p in parts),
         )
     return parts
+
+
+def dummy_runner(
+    model: nn.Module, model_manager: Any, model_input_size: Tuple[int, ...], device: str
+) -> Callable[[], Any]:
+    """A function that runs the model once on a dummy input, via the model manager if any."""
+    if model_manager is not None:
+        return lambda: model_manager.dummy_forward_to_gen_mid_data(model, model_input_size, device)
+    return lambda: model(torch.rand(model_input_size, device=device))

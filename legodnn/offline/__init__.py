@@ -1,35 +1,28 @@
 """Offline phase: retrain descendant blocks and profile their accuracy and cost."""
 
-from .block_profiler import (
-    AccuracyModelReport as AccuracyModelReport,
-    BlockProfiler as BlockProfiler,
-)
-from .block_retrainer import (
-    BlockRetrainer as BlockRetrainer,
-    default_optimizer as default_optimizer,
-)
-from .composition_retrainer import (
-    CompositionHistory as CompositionHistory,
-    CompositionRetrainer as CompositionRetrainer,
-)
-from .profiles import BlockProfile as BlockProfile, ModelProfile as ModelProfile
+from typing import TYPE_CHECKING
 
-from .accuracy_fit import (
-    FittedAccuracyModel as FittedAccuracyModel,
-    MeasuredComposition as MeasuredComposition,
-    fit_accuracy_model as fit_accuracy_model,
-)
+from legodnn._lazy import lazy_exports
 
-__all__ = [
-    "AccuracyModelReport",
-    "BlockProfile",
-    "BlockProfiler",
-    "BlockRetrainer",
-    "CompositionHistory",
-    "CompositionRetrainer",
-    "FittedAccuracyModel",
-    "MeasuredComposition",
-    "ModelProfile",
-    "default_optimizer",
-    "fit_accuracy_model",
-]
+_EXPORTS = {
+    "AccuracyModelReport": ".block_profiler",
+    "BlockProfile": ".profiles",
+    "BlockProfiler": ".block_profiler",
+    "BlockRetrainer": ".block_retrainer",
+    "CompositionHistory": ".composition_retrainer",
+    "CompositionRetrainer": ".composition_retrainer",
+    "FittedAccuracyModel": ".accuracy_fit",
+    "MeasuredComposition": ".accuracy_fit",
+    "ModelProfile": ".profiles",
+    "default_optimizer": ".block_retrainer",
+    "fit_accuracy_model": ".accuracy_fit",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # the names for type checkers and editors; at run time they load on use
+    from .block_profiler import AccuracyModelReport as AccuracyModelReport, BlockProfiler as BlockProfiler  # noqa: F401
+    from .profiles import BlockProfile as BlockProfile, ModelProfile as ModelProfile  # noqa: F401
+    from .block_retrainer import BlockRetrainer as BlockRetrainer, default_optimizer as default_optimizer  # noqa: F401
+    from .composition_retrainer import CompositionHistory as CompositionHistory, CompositionRetrainer as CompositionRetrainer  # noqa: F401
+    from .accuracy_fit import FittedAccuracyModel as FittedAccuracyModel, MeasuredComposition as MeasuredComposition, fit_accuracy_model as fit_accuracy_model  # noqa: F401

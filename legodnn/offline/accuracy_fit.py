@@ -30,7 +30,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..blockmanager.store import atomic_write_text
+from ..blockmanager.store import ACCURACY_ESTIMATE, atomic_write_text
 from ..errors import StoreError
 
 __all__ = [
@@ -42,7 +42,7 @@ __all__ = [
     "sample_compositions",
 ]
 
-ACCURACY_ESTIMATE_JSON = "accuracy_estimate.json"
+ACCURACY_ESTIMATE_JSON = ACCURACY_ESTIMATE
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,7 @@ class FittedAccuracyModel:
     heldout_mean_abs_error: float
     heldout_max_abs_error: float
     num_compositions: int
+    weights_digest: str = ""  # the store's weights it was fitted on (BlockStore.weights_digest)
 
     def link(self, z: float) -> float:
         return _link(z, self.curvature, self.max_drop)
@@ -112,6 +113,7 @@ class FittedAccuracyModel:
                 heldout_mean_abs_error=float(d["heldout_mean_abs_error"]),
                 heldout_max_abs_error=float(d["heldout_max_abs_error"]),
                 num_compositions=int(d["num_compositions"]),
+                weights_digest=str(d.get("weights_digest", "")),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"cannot read {path}: {exc}; profile the blocks again") from exc

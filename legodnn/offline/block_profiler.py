@@ -7,6 +7,8 @@ recorded; each candidate (block, sparsity) then runs only from its block onward
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import math
@@ -23,7 +25,7 @@ from tqdm.auto import tqdm
 from ..blockmanager.auto_block_manager import AutoBlockManager
 from ..blockmanager.measure import count_bytes
 from ..blockmanager.partition import BLOCK_PREFIX
-from ..blockmanager.store import atomic_write_text
+from ..blockmanager.store import ACCURACY_MODEL_CHOICE, atomic_write_text
 from ..errors import LegoDNNError
 from ..validation import check_device, check_first_batch, check_input_size, check_int
 from .accuracy_fit import (
@@ -227,15 +229,17 @@ class BlockProfiler:
             fingerprint=bm.fingerprint,
             num_test_samples=samples,
             blocks=tuple(rows),
+            weights_digest=self.store.weights_digest,
         )
         profile.save(self.trained_dir)
         estimate_path = self.trained_dir / ACCURACY_ESTIMATE_JSON
         if compositions:
-            fit_accuracy_model(
+            fitted = fit_accuracy_model(
                 self.metric_name, teacher_metric, bm.block_names, bm.block_sparsity,
                 {k: teacher_metric - v for k, v in metrics.items() if k[0] != "composition"},
                 [MeasuredComposition(cfg, metrics[("composition", cfg)]) for cfg in compositions],
-            ).save(self.trained_dir)
+            )
+            dataclasses.replace(fitted, weights_digest=self.store.weights_digest).save(self.trained_dir)
         elif estimate_path.exists():
             estimate_path.unlink()  # an estimate fitted on other weights must not outlive them
         if self.verbose:
@@ -274,8 +278,8 @@ class BlockProfiler:
                                      tuple(multiplicative),
                                      tuple(fitted.estimate(cfg) for cfg in configs) if fitted else ())
         atomic_write_text(
-            self.trained_dir / "accuracy_model.json",
-            json.dumps({"metric_name": profile.metric_name, "compositions": [list(c) for c in configs],
+            self.store.path(ACCURACY_MODEL_CHOICE),
+            json.dumps({"metric_name": profile.metric_name, "weights_digest": self.store.weights_digest, "compositions": [list(c) for c in configs],
                         "estimated": list(report.estimated), "measured": list(report.measured),
                         "estimated_multiplicative": list(report.estimated_multiplicative),
                         "mean_abs_error": report.mean_abs_error, "max_abs_error": report.max_abs_error,

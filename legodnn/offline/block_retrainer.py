@@ -21,7 +21,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..blockmanager.auto_block_manager import AutoBlockManager
-from ..blockmanager.store import atomic_write_text, sparsity_tag, write_file_atomic
+from ..blockmanager.atomic import remove_stale_temps, save_torch_atomic
+from ..blockmanager.store import atomic_write_text, claim_path, mark_work_dir, sparsity_tag, write_file_atomic
 from ..errors import LegoDNNError
 from ..validation import check_device, check_first_batch, check_int
 from .capture import capture_block_io
@@ -88,6 +89,7 @@ class BlockRetrainer:
         batchnorm: str = "train",
         label_weight: Optional[float] = None,
         seed: int = 0,
+        overwrite: bool = False,
     ) -> None:
         max_epoch = check_int("max_epoch", max_epoch, minimum=1, hint="pass a whole number of epochs, e.g. max_epoch=3")
         composition_epochs = check_int(
@@ -98,7 +100,7 @@ class BlockRetrainer:
         self.block_manager = block_manager
         self.model_manager = model_manager
         self.store = block_manager.open_store(compressed_blocks_dir)
-        self.trained_dir = Path(trained_blocks_dir)
+        self.trained_dir = claim_path(trained_blocks_dir, self.store.fingerprint, overwrite, "trained_blocks_dir")
         self.max_epoch = int(max_epoch)
         if val_loader is None:
             train_loader, val_loader = split_holdout(train_loader)
@@ -151,7 +153,8 @@ class BlockRetrainer:
 
     def _load_state(self, students: Dict[Key, nn.Module], optims: Dict[Key, torch.optim.Optimizer]) -> Dict[str, Any]:
         path = self._state_dir / "state.json"
-        fresh = {"epochs_done": 0, "history": {}, "best_val": {}, "source": self.store.manifest["fingerprint"]}
+        remove_stale_temps(self._state_dir)  # what a killed run left half-written
+        fresh = {"epochs_done": 0, "history": {}, "best_val": {}, "source": self.store.fingerprint}
         if not path.exists():
             return fresh
         state = json.loads(path.read_text(encoding="utf-8"))
@@ -169,9 +172,7 @@ class BlockRetrainer:
         return state
 
     def _compressed_sha(self) -> str:
-        import hashlib
-
-        return hashlib.sha256((self.store.root / "manifest.json").read_bytes()).hexdigest()
+        return self.store.weights_digest
 
     def _save_state(
         self,
@@ -184,9 +185,7 @@ class BlockRetrainer:
         for key, student in students.items():
             write_file_atomic(self._file(key, "last.safetensors"), student.state_dict())
             write_file_atomic(self._file(key, "best.safetensors"), best[key])
-            tmp = self._file(key, "optim.pt.tmp")
-            torch.save(optims[key].state_dict(), tmp)
-            tmp.replace(self._file(key, "optim.pt"))
+            save_torch_atomic(self._file(key, "optim.pt"), optims[key].state_dict())
         state["compressed_sha"] = self._compressed_sha()
         atomic_write_text(self._state_dir / "state.json", json.dumps(state, indent=1))
 
@@ -202,7 +201,7 @@ class BlockRetrainer:
         bm = self.block_manager
         for name, loader in (("train_loader", self.train_loader), ("val_loader", self.val_loader)):
             check_first_batch(name, loader, self.model_manager, bm.teacher, bm.model_input_size, self.device)
-        self.trained_dir.mkdir(parents=True, exist_ok=True)
+        mark_work_dir(self.trained_dir)
         students = {key: bm.load_descendant(self.store, *key).to(self.device) for key in self._keys()}
         optims = {key: self.optimizer_factory(s.parameters()) for key, s in students.items()}
         state = self._load_state(students, optims)

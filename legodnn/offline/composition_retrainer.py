@@ -32,7 +32,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..blockmanager.auto_block_manager import AutoBlockManager
-from ..blockmanager.store import atomic_write_text, write_file_atomic
+from ..blockmanager.atomic import remove_stale_temps, save_torch_atomic
+from ..blockmanager.store import atomic_write_text, claim_path, mark_work_dir, write_file_atomic
 from ..errors import LegoDNNError
 from .composition import SandwichSampler, SwitchableModel, distillation_loss
 from .guards import finite_loss
@@ -178,6 +179,7 @@ class CompositionStage:
 
     def _load(self, students: Dict[Key, nn.Module], optim: torch.optim.Optimizer, fingerprint: str) -> Dict[str, Any]:
         path = self.state_dir / "state.json"
+        remove_stale_temps(self.state_dir)  # what a killed run left half-written
         if not path.is_file():
             return {"epochs_done": 0, "train": [], "val": [], "best_val": math.inf, "best_epoch": 0,
                     "fingerprint": fingerprint}
@@ -212,9 +214,7 @@ class CompositionStage:
         epoch = state["epochs_done"]
         write_file_atomic(self._epoch_file(epoch, "last.safetensors"), _flatten(students))
         write_file_atomic(self._epoch_file(epoch, "best.safetensors"), best)
-        tmp = self._epoch_file(epoch, "optim.pt.tmp")
-        torch.save(optim.state_dict(), tmp)
-        tmp.replace(self._epoch_file(epoch, "optim.pt"))
+        save_torch_atomic(self._epoch_file(epoch, "optim.pt"), optim.state_dict())
         atomic_write_text(self.state_dir / "state.json", json.dumps(state, indent=1))  # marks the epoch done
         for old in self.state_dir.glob("epoch*.*"):
             if not old.name.startswith(f"epoch{epoch}."):
@@ -371,6 +371,7 @@ class CompositionRetrainer:
         val_loader: Optional[Iterable[Any]] = None,
         device: str = "cpu",
         verbose: bool = True,
+        overwrite: bool = False,
         **options: Any,
     ) -> None:
         from .holdout import split_holdout
@@ -383,7 +384,7 @@ class CompositionRetrainer:
         self.teacher = teacher_model
         self.block_manager = block_manager
         self.store = block_manager.open_store(source_blocks_dir)
-        self.target = Path(target_blocks_dir)
+        self.target = claim_path(target_blocks_dir, self.store.fingerprint, overwrite, "target_blocks_dir")
         if val_loader is None:
             train_loader, val_loader = split_holdout(train_loader)
         self.stage = CompositionStage(block_manager, model_manager, max_epoch, train_loader, val_loader,
@@ -397,6 +398,7 @@ class CompositionRetrainer:
         bm = self.block_manager
         students = {(b, s): bm.load_descendant(self.store, b, s).to(self.device)
                     for b in bm.block_names for s in bm.block_sparsity if s > 0}
+        mark_work_dir(self.target)
         best, history = self.stage.run(students)
         write_trained_store(self.store, self.target, best, {
             "composition_epochs": self.stage.max_epoch,

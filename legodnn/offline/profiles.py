@@ -10,13 +10,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, Tuple, Union
 
-from ..blockmanager.store import atomic_write_text
+from ..blockmanager.store import BLOCK_PROFILE, BLOCK_PROFILE_CSV, atomic_write_text
 from ..errors import InvalidProfileError, StoreError
 
 __all__ = ["BlockProfile", "ModelProfile", "PROFILE_JSON", "PROFILE_CSV"]
 
-PROFILE_JSON = "block_profile.json"
-PROFILE_CSV = "block_profile.csv"
+PROFILE_JSON = BLOCK_PROFILE
+PROFILE_CSV = BLOCK_PROFILE_CSV
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class ModelProfile:
     fingerprint: str
     num_test_samples: int
     blocks: Tuple[BlockProfile, ...]
+    weights_digest: str = ""  # the store's weights this profile measured (BlockStore.weights_digest)
 
     def table(self) -> Dict[str, Dict[float, BlockProfile]]:
         out: Dict[str, Dict[float, BlockProfile]] = {}

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any, Dict, Mapping, Tuple
 
 import torch
 
-from ..blockmanager.store import BlockStore, copy_file_atomic, remove_manifest, write_file_atomic, write_manifest
+from ..blockmanager.store import TRAINING_DIR, BlockStore
 
 __all__ = ["write_trained_store"]
 
@@ -21,25 +20,11 @@ def write_trained_store(
     weights: Mapping[Key, Mapping[str, torch.Tensor]],
     trained: Dict[str, Any],
 ) -> BlockStore:
-    """Copy ``source`` to ``target_dir`` with the descendants in ``weights`` replaced.
+    """Write ``target_dir`` as ``source`` with the descendants in ``weights`` replaced.
 
-    ``trained`` is merged into the manifest's ``"trained"`` record (epochs, losses).
-    The manifest goes last and is read back, so a store that cannot be opened fails
-    here and not on the device.
+    ``trained`` is merged into the manifest's training record. The new store appears in
+    one step (the previous contents of ``target_dir``, a work folder or an older store
+    of the same model, stay readable until then); its ``training/`` state is carried
+    over so a rerun resumes instead of starting again.
     """
-    target_dir = Path(target_dir)
-    target_dir.mkdir(parents=True, exist_ok=True)
-    manifest = copy.deepcopy(source.manifest)
-    remove_manifest(target_dir)
-    copy_file_atomic(source.root / manifest["frame"]["file"], target_dir / manifest["frame"]["file"])
-    for block in manifest["blocks"]:
-        for desc in block["descendants"]:
-            key = (block["spec"]["name"], float(desc["sparsity"]))
-            target = target_dir / desc["file"]
-            if key in weights:
-                desc["sha256"] = write_file_atomic(target, weights[key])
-            elif source.root.resolve() != target_dir.resolve():
-                copy_file_atomic(source.root / desc["file"], target)
-    manifest["trained"] = {**manifest.get("trained", {}), **trained}
-    write_manifest(target_dir, manifest)
-    return BlockStore(target_dir)
+    return source.write_copy(target_dir, weights, trained, keep=(TRAINING_DIR,))

@@ -19,8 +19,6 @@ from typing import Callable, List, Optional
 
 import torch
 
-from ..blockmanager.auto_block_manager import AutoBlockManager
-from ..blockmanager.store import BlockStore
 from .optimizer import ScalingOptimizer
 from .runtime import Budget, OnDeviceRuntime, available_memory_bytes
 
@@ -51,12 +49,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
-    store = BlockStore(args.blocks)
-    input_size = tuple(store.manifest["model_input_size"])
     model = _factory(args.model)(**json.loads(args.model_kwargs)).eval()
-    block_manager = AutoBlockManager(store.block_sparsity, model, None, input_size,
-                                     store.manifest["compress_layer_max_ratio"], args.device, verbose=False)
-    optimizer = ScalingOptimizer(args.blocks, input_size, block_manager, None, args.device)
+    optimizer = ScalingOptimizer.from_store(args.blocks, model, args.device)
+    input_size = optimizer.store.manifest.model_input_size
     torch.set_num_threads(args.threads or optimizer.latency.num_threads)
     latency = None if args.max_latency_ms is None else args.max_latency_ms / 1e3
 

@@ -12,18 +12,17 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional, Sequence, Tuple
 
 import torch
 
-from ..blockmanager.auto_block_manager import AutoBlockManager
+from ..blockmanager.store import ACCURACY_MODEL_CHOICE, BLOCK_PROFILE, LATENCY_PROFILE, BlockStore
 from ..blockmanager.switcher import BlockSwitcher
-from ..errors import LegoDNNError, StoreError
+from ..errors import LegoDNNError, StaleProfileError, StoreError
 from ..offline.accuracy_fit import ACCURACY_ESTIMATE_JSON, FittedAccuracyModel, estimate_or_none
 from ..offline.profiles import ModelProfile
 from ..validation import check_float
-from .latency import LatencyProfile, device_description
+from .latency_profile import LatencyProfile, device_description
 from .solver import ScalingProblem, Solution, cheapest, solve
 
 __all__ = ["ScalingOptimizer", "OptimizationResult", "InfeasibleBudgetError"]
@@ -63,28 +62,59 @@ class InfeasibleBudgetError(LegoDNNError):
 class ScalingOptimizer:
     """Pick and install the most accurate configuration that fits the budgets.
 
-    ``trained_blocks_dir`` must hold ``block_profile.json`` (from :class:`BlockProfiler`)
-    and ``latency_profile.json`` (from :class:`LatencyEstimator` on this device). The live
-    model is ``optimizer.model``.
+    ``trained_blocks_dir`` must hold ``block_profile.json`` (from :class:`BlockProfiler`,
+    measured on the weights the store holds now) and ``latency_profile.json`` (from
+    :class:`LatencyEstimator` on this device). The live model is ``optimizer.model``.
+
+    On the device, :meth:`from_store` builds it from the store and the model code alone
+    (one trace, no block manager); the positional form below is the original API.
     """
 
     def __init__(
         self,
         trained_blocks_dir: str,
         model_input_size: Sequence[int],
-        block_manager: AutoBlockManager,
+        block_manager: Any,
         model_manager: Any = None,
         device: str = "cpu",
         switcher: Optional[BlockSwitcher] = None,
         cache_bytes: int = 256 * 2**20,
         accuracy_model: str = "auto",
     ) -> None:
-        self.trained_dir = Path(trained_blocks_dir)
+        store = block_manager.open_store(str(trained_blocks_dir))
         self.block_manager = block_manager
+        self._setup(store, tuple(model_input_size), device, switcher, cache_bytes, accuracy_model)
+
+    @classmethod
+    def from_store(
+        cls,
+        blocks_dir: str,
+        model: torch.nn.Module,
+        device: str = "cpu",
+        *,
+        model_manager: Any = None,
+        cache_bytes: int = 256 * 2**20,
+        accuracy_model: str = "auto",
+    ) -> "ScalingOptimizer":
+        """The optimizer for a trained store on the device: ``model`` is the model code (random
+        weights are fine: every weight comes from the store), traced once by the switcher."""
+        switcher = BlockSwitcher(blocks_dir, model, device, cache_bytes, model_manager)
+        self = cls.__new__(cls)
+        self.block_manager = None
+        self._setup(switcher.store, tuple(switcher.store.manifest.model_input_size), device, switcher, cache_bytes,
+                    accuracy_model)
+        return self
+
+    def _setup(self, store: BlockStore, model_input_size: Tuple[int, ...], device: str,
+               switcher: Optional[BlockSwitcher], cache_bytes: int, accuracy_model: str) -> None:
+        self.store = store
+        self.trained_dir = store.root
+        self.block_names = store.block_names
+        self.block_sparsity = store.block_sparsity
         self.device = device
         self.profile = ModelProfile.load(self.trained_dir)
         self.latency = LatencyProfile.load(self.trained_dir)
-        self._check_profiles(tuple(model_input_size))
+        self._check_profiles(model_input_size)
         self.fitted: Optional[FittedAccuracyModel] = None
         self.accuracy_model = self._accuracy_model(accuracy_model)
         self.problem = self._problem()
@@ -92,21 +122,30 @@ class ScalingOptimizer:
         self._cache_bytes = cache_bytes
 
     def _check_profiles(self, model_input_size: Tuple[int, ...]) -> None:
-        bm = self.block_manager
-        for what, fp in (("block_profile.json", self.profile.fingerprint), ("latency_profile.json", self.latency.fingerprint)):
-            if fp != bm.fingerprint:
+        store = self.store
+        for what, fp in ((BLOCK_PROFILE, self.profile.fingerprint), (LATENCY_PROFILE, self.latency.fingerprint)):
+            if fp != store.fingerprint:
                 raise StoreError(
                     f"{self.trained_dir / what} was made for another model (fingerprint {fp[:12]}, "
-                    f"this model {bm.fingerprint[:12]}); profile this model's blocks again"
+                    f"this model {store.fingerprint[:12]}); profile this model's blocks again"
                 )
+        if self.profile.weights_digest != store.weights_digest:
+            raise StaleProfileError(
+                f"{store.path(BLOCK_PROFILE)} measured other weights than {str(store.root)!r} holds now (the "
+                "blocks were retrained or replaced after profiling, or the profile predates weight hashes); "
+                "run BlockProfiler(...).profile_all_blocks() on this store again")
+        if self.latency.architecture_digest != store.architecture_digest:
+            raise StaleProfileError(
+                f"{store.path(LATENCY_PROFILE)} timed other descendant architectures than {str(store.root)!r} holds "
+                "(or predates architecture hashes); run LatencyEstimator(...).profile_all_blocks() on this store again")
         table, lat = self.profile.table(), self.latency.table()
-        for name in bm.block_names:
+        for name in self.block_names:
             if name not in table or name not in lat:
                 raise StoreError(f"the profiles in {self.trained_dir} have no entry for {name}; profile again")
-            if sorted(table[name]) != bm.block_sparsity or sorted(lat[name]) != bm.block_sparsity:
+            if sorted(table[name]) != self.block_sparsity or sorted(lat[name]) != self.block_sparsity:
                 raise StoreError(
                     f"the profiles in {self.trained_dir} cover sparsities {sorted(table[name])} / "
-                    f"{sorted(lat[name])} for {name}, the block manager {bm.block_sparsity}; profile again"
+                    f"{sorted(lat[name])} for {name}, the store {self.block_sparsity}; profile again"
                 )
         if tuple(self.latency.model_input_size) != model_input_size:
             raise StoreError(
@@ -139,12 +178,16 @@ class ScalingOptimizer:
         if choice in ("auto", "fitted"):
             self.fitted = estimate_or_none(self.trained_dir)
             if self.fitted is not None:
-                bm = self.block_manager
-                if list(self.fitted.block_names) != bm.block_names or list(self.fitted.sparsities) != bm.block_sparsity:
+                if (list(self.fitted.block_names) != self.block_names
+                        or list(self.fitted.sparsities) != self.block_sparsity):
                     raise StoreError(
                         f"{self.trained_dir / ACCURACY_ESTIMATE_JSON} covers blocks {list(self.fitted.block_names)} at "
-                        f"{list(self.fitted.sparsities)}, the block manager {bm.block_names} at {bm.block_sparsity}; "
+                        f"{list(self.fitted.sparsities)}, the store {self.block_names} at {self.block_sparsity}; "
                         "profile again")
+                if self.fitted.weights_digest != self.store.weights_digest:
+                    raise StaleProfileError(
+                        f"{self.trained_dir / ACCURACY_ESTIMATE_JSON} was fitted on other weights than the store "
+                        "holds now; run BlockProfiler(...).profile_all_blocks(num_compositions=N) again")
                 return "fitted"
             if choice == "fitted":
                 raise StoreError(
@@ -152,11 +195,15 @@ class ScalingOptimizer:
                     "BlockProfiler(...).profile_all_blocks(num_compositions=N) with N > 0")
         if choice != "auto":
             return choice
-        path = self.trained_dir / "accuracy_model.json"
+        path = self.store.path(ACCURACY_MODEL_CHOICE)
         if path.is_file() and self.profile.teacher_metric > 0:
             try:
-                return "multiplicative" if json.loads(path.read_text())["best"] == "multiplicative" else "additive"
-            except (ValueError, KeyError):
+                choice = json.loads(path.read_text())
+                if choice.get("weights_digest") != self.store.weights_digest:
+                    logger.warning("%s compared estimates on other weights; using the additive accuracy model", path)
+                    return "additive"
+                return "multiplicative" if choice["best"] == "multiplicative" else "additive"
+            except (ValueError, KeyError, AttributeError):
                 logger.warning("cannot read %s; using the additive accuracy model", path)
         return "additive"
 
@@ -188,9 +235,9 @@ class ScalingOptimizer:
 
     def _problem(self) -> ScalingProblem:
         table = self.profile.table()
-        sparsities = self.block_manager.block_sparsity
+        sparsities = self.block_sparsity
         drops, lats, mems = [], [], []
-        for name in self.block_manager.block_names:
+        for name in self.block_names:
             lat = self.latency.block_latencies(name)
             drops.append([self._drop(table[name][s].metric_drop, s, name) for s in sparsities])
             lats.append([lat[s] for s in sparsities])
@@ -202,9 +249,8 @@ class ScalingOptimizer:
     @property
     def switcher(self) -> BlockSwitcher:
         if self._switcher is None:
-            self._switcher = BlockSwitcher(
-                str(self.trained_dir), self.block_manager.model, self.device, cache_bytes=self._cache_bytes
-            )
+            self._switcher = BlockSwitcher.from_block_manager(self.store, self.block_manager, self.device,
+                                                               self._cache_bytes)
         return self._switcher
 
     @property
@@ -230,7 +276,7 @@ class ScalingOptimizer:
         configuration is installed instead and returned with ``feasible=False``.
         """
         solution = self.choose(max_latency, max_memory)
-        sparsities = [self.block_manager.block_sparsity[k] for k in solution.choice]
+        sparsities = [self.block_sparsity[k] for k in solution.choice]
         if not solution.feasible and not fallback:
             closest = self._result(solution, sparsities, None)
             raise InfeasibleBudgetError(self._explain(solution, max_latency, max_memory), closest)

@@ -113,6 +113,29 @@ class OnDeviceRuntime:
         self._thread: Optional[threading.Thread] = None
         self.model = optimizer.model
 
+    @classmethod
+    def from_store(
+        cls,
+        blocks_dir: str,
+        model: torch.nn.Module,
+        budget_source: Callable[[], Budget],
+        device: str = "cpu",
+        *,
+        model_manager: Any = None,
+        cache_bytes: int = 256 * 2**20,
+        accuracy_model: str = "auto",
+        **options: Any,
+    ) -> "OnDeviceRuntime":
+        """The runtime for a trained, profiled store and the model code: what a device needs.
+
+        One trace of ``model`` (its weights may be random), no block manager, and only
+        torch, numpy and safetensors imported. ``options`` go to the constructor
+        (``poll_interval_s``, ``threshold``, ``fallback``).
+        """
+        optimizer = ScalingOptimizer.from_store(blocks_dir, model, device, model_manager=model_manager,
+                                                cache_bytes=cache_bytes, accuracy_model=accuracy_model)
+        return cls(optimizer, budget_source, **options)
+
     def infer(self, x: torch.Tensor) -> Any:
         """Run the live model; safe to call while a swap happens in the background."""
         with torch.no_grad():
