@@ -265,33 +265,39 @@ class BlockStore:
 
     # -- reading weights --------------------------------------------------------
     def load_tensors(self, name: Union[str, FileRef], sha256: str = "") -> Dict[str, torch.Tensor]:
-        """One weights file, read once, its hash checked on those bytes, then deserialized.
+        """One weights file, its SHA-256 checked.
 
-        A file already verified by this object (same size and modification time) is
-        not hashed again.
+        The first read of a file reads its bytes once, hashes them and deserializes the
+        same bytes. A file this object already verified (same size and modification
+        time) is memory-mapped by safetensors without hashing again: a switch that reads
+        a block from disk costs about what reading it alone costs.
         """
-        from safetensors.torch import load
+        from safetensors.torch import load, load_file
 
         ref = name if isinstance(name, FileRef) else FileRef(name, sha256)
         path = self.root / ref.file
         try:
-            data = path.read_bytes()
             stat = path.stat()
+            seen = (stat.st_size, stat.st_mtime_ns)
+            if self._verified.get(ref.file) == seen:
+                return load_file(str(path))
+            data = path.read_bytes()
         except FileNotFoundError:
             raise CorruptedStoreError(f"weights file {path} is missing; extract the blocks again") from None
         except OSError as exc:
             raise CorruptedStoreError(f"cannot read weights file {path}: {exc}") from exc
-        seen = (stat.st_size, stat.st_mtime_ns)
-        if self._verified.get(ref.file) != seen:
-            if hashlib.sha256(data).hexdigest() != ref.sha256:
-                raise CorruptedStoreError(
-                    f"weights file {path} does not match the hash in its manifest (corrupted or "
-                    "overwritten); extract the blocks again")
-            self._verified[ref.file] = seen
+        except Exception as exc:  # safetensors' own errors: a damaged file
+            raise CorruptedStoreError(f"cannot read weights file {path}: {exc}") from exc
+        if hashlib.sha256(data).hexdigest() != ref.sha256:
+            raise CorruptedStoreError(
+                f"weights file {path} does not match the hash in its manifest (corrupted or "
+                "overwritten); extract the blocks again")
         try:
-            return load(data)
+            tensors = load(data)
         except Exception as exc:
             raise CorruptedStoreError(f"cannot read weights file {path}: {exc}") from exc
+        self._verified[ref.file] = seen
+        return tensors
 
     def frame_tensors(self) -> Dict[str, torch.Tensor]:
         return self.load_tensors(self.manifest.frame)

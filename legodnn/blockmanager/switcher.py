@@ -22,9 +22,9 @@ from torch import nn
 
 from ..errors import ArgumentTypeError, CorruptedStoreError, InvalidSparsityError
 from ..validation import check_int
-from .channels import ChannelAnalysis, analyze_channels
+from .channels import ChannelAnalysis
 from .fingerprint import architecture_fingerprint
-from .loading import load_descendant, load_state_into
+from .loading import DescendantFactory, load_state_into
 from .measure import count_bytes
 from .partition import Partition, replace_modules
 from .store import BlockStore
@@ -87,6 +87,7 @@ class BlockSwitcher:
         cache_bytes: int = 256 * 2**20,
         model_manager: Any = None,
         *,
+        copy_model: bool = True,
         _prepared: Optional[Tuple[nn.Module, Partition, Dict[str, ChannelAnalysis]]] = None,
     ) -> None:
         check_int("cache_bytes", cache_bytes, minimum=0, hint="pass the bytes of descendants to keep cached, e.g. 2**28")
@@ -95,18 +96,18 @@ class BlockSwitcher:
         self.cache_bytes = int(cache_bytes)
         self.block_sparsity = self.store.block_sparsity
         if _prepared is None:
-            model = copy.deepcopy(model).to(device)
+            model = (copy.deepcopy(model) if copy_model else model).to(device)
             manifest = self.store.manifest
             runner = dummy_runner(model, model_manager, manifest.model_input_size, device)
             parts = trace_model(model, runner, paths=[p.path for p in manifest.parts])
             self.store.check_fingerprint(architecture_fingerprint(model, parts))
             partition = Partition.from_specs(parts, self.store.blocks)
-            analyses = {n: analyze_channels(b) for n, b in partition.blocks.items()}
+            analyses = {}  # each block's channel analysis is made on its first read from disk
         else:
             model, partition, analyses = _prepared
         self.partition = partition
         self.block_names = [s.name for s in self.partition.specs]
-        self._analyses = analyses
+        self._factory = DescendantFactory(self.store, self.partition.blocks, analyses, device)
         body = self.partition.compose(model, self.partition.blocks)
         self._load_frame(body)
         for name, block in self.partition.blocks.items():
@@ -148,10 +149,7 @@ class BlockSwitcher:
         """A descendant from its spec and stored weights; returns it and the bytes read."""
         if sparsity == 0.0:
             return self.partition.blocks[name], 0
-        module, loaded = load_descendant(
-            self.store, self.partition.blocks[name], self._analyses[name], name, sparsity
-        )
-        return module.to(self.device), loaded
+        return self._factory.build(name, sparsity)
 
     def _get(self, name: str, sparsity: float) -> Tuple[nn.Module, int]:
         key = (name, sparsity)
@@ -160,7 +158,7 @@ class BlockSwitcher:
             self._cache.move_to_end(key)
             return hit[0], 0
         module, loaded = self._build(name, sparsity)
-        self._cache[key] = (module, count_bytes(module))
+        self._cache[key] = (module, loaded if sparsity else count_bytes(module))
         return module, loaded
 
     def _evict(self) -> None:

@@ -95,10 +95,15 @@ class ScalingOptimizer:
         model_manager: Any = None,
         cache_bytes: int = 256 * 2**20,
         accuracy_model: str = "auto",
+        copy_model: bool = False,
     ) -> "ScalingOptimizer":
-        """The optimizer for a trained store on the device: ``model`` is the model code (random
-        weights are fine: every weight comes from the store), traced once by the switcher."""
-        switcher = BlockSwitcher(blocks_dir, model, device, cache_bytes, model_manager)
+        """The optimizer for a trained store on the device.
+
+        ``model`` is the model code (random weights are fine: every weight comes from the
+        store), traced once by the switcher. It becomes the live model's frame, its weights
+        replaced by the store's; ``copy_model=True`` works on a copy instead (slower start).
+        """
+        switcher = BlockSwitcher(blocks_dir, model, device, cache_bytes, model_manager, copy_model=copy_model)
         self = cls.__new__(cls)
         self.block_manager = None
         self._setup(switcher.store, tuple(switcher.store.manifest.model_input_size), device, switcher, cache_bytes,

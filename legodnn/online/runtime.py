@@ -124,16 +124,19 @@ class OnDeviceRuntime:
         model_manager: Any = None,
         cache_bytes: int = 256 * 2**20,
         accuracy_model: str = "auto",
+        copy_model: bool = False,
         **options: Any,
     ) -> "OnDeviceRuntime":
         """The runtime for a trained, profiled store and the model code: what a device needs.
 
         One trace of ``model`` (its weights may be random), no block manager, and only
         torch, numpy and safetensors imported. ``options`` go to the constructor
-        (``poll_interval_s``, ``threshold``, ``fallback``).
+        (``poll_interval_s``, ``threshold``, ``fallback``). ``model`` becomes the live model's
+        frame (its weights replaced by the store's) unless ``copy_model=True``.
         """
         optimizer = ScalingOptimizer.from_store(blocks_dir, model, device, model_manager=model_manager,
-                                                cache_bytes=cache_bytes, accuracy_model=accuracy_model)
+                                                cache_bytes=cache_bytes, accuracy_model=accuracy_model,
+                                                copy_model=copy_model)
         return cls(optimizer, budget_source, **options)
 
     def infer(self, x: torch.Tensor) -> Any:
