@@ -101,8 +101,7 @@ def _slice_conv(m: nn.modules.conv._ConvNd, keep_in: np.ndarray, keep_out: np.nd
         new_w = torch.stack(rows)
         assert new_w.shape[1] == new_g_in
     m.weight = nn.Parameter(new_w.clone(), requires_grad=m.weight.requires_grad)
-    if m.bias is not None:
-        m.bias = nn.Parameter(m.bias.detach()[t_out].clone(), requires_grad=m.bias.requires_grad)
+    _slice_per_output(m, m.out_channels, keep_out)
     m.in_channels, m.out_channels, m.groups = len(keep_in), len(keep_out), g
 
 
@@ -111,9 +110,32 @@ def _slice_linear(m: nn.Linear, keep_in: np.ndarray, keep_out: np.ndarray) -> No
     t_in = torch.as_tensor(keep_in, dtype=torch.long, device=w.device)
     t_out = torch.as_tensor(keep_out, dtype=torch.long, device=w.device)
     m.weight = nn.Parameter(w[t_out][:, t_in].clone(), requires_grad=m.weight.requires_grad)
-    if m.bias is not None:
-        m.bias = nn.Parameter(m.bias.detach()[t_out].clone(), requires_grad=m.bias.requires_grad)
+    _slice_per_output(m, m.out_features, keep_out)
     m.in_features, m.out_features = len(keep_in), len(keep_out)
+
+
+def _slice_per_output(m: nn.Module, out_size: int, keep_out: np.ndarray) -> None:
+    """Slice every tensor of ``m`` but its weight that has one entry per output channel.
+
+    The bias is one, and so are the extras of layer subclasses: the per-filter ``gain`` of
+    timm's ``ScaledStdConv2d`` (weight-standardised convs of NF-ResNets), a per-filter
+    scale or mask buffer. The rule is generic, since we cannot know every subclass: any
+    parameter or buffer of the layer itself (not of its children) whose leading dim
+    equals the output size is sliced along it. A tensor of another leading size is left
+    as it is. (With in == out channels a per-*input* tensor would be sliced too; no
+    layer we know has one, and a custom layer that has one should be registered with its
+    own slicer, see :mod:`legodnn.blockmanager.layers`.)
+    """
+    for table in ("_parameters", "_buffers"):
+        for name, t in list(getattr(m, table).items()):
+            if name == "weight" or t is None or t.dim() == 0 or t.shape[0] != out_size:
+                continue
+            idx = torch.as_tensor(keep_out, dtype=torch.long, device=t.device)
+            new_t = t.detach()[idx].clone()
+            if table == "_parameters":
+                m._parameters[name] = nn.Parameter(new_t, requires_grad=t.requires_grad)
+            else:
+                m._buffers[name] = new_t
 
 
 def _slice_channelwise(m: nn.Module, keep: np.ndarray) -> None:
