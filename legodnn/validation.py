@@ -335,3 +335,44 @@ def check_first_batch(
             f"with num_classes={int(labels.max()) + 1}"
         )
 
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> str:
+    """Why module ``a`` differs from ``b`` ("" when they hold the same tensors)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    if list(sa) != list(sb):
+        return "its layers differ"
+    for key in sa:
+        if sa[key].shape != sb[key].shape:
+            return f"{key} has shape {tuple(sa[key].shape)}, not {tuple(sb[key].shape)}"
+        if not torch.equal(sa[key].detach().cpu(), sb[key].detach().cpu()):
+            return f"its weights differ ({key})"
+    return ""
+
+
+def warn_if_ignored_teacher(name: str, teacher: Any, block_manager: Any) -> None:
+    """The original API passes the teacher next to the block manager, which already holds it.
+
+    The block manager's model is the teacher legodnn uses; a different model passed here
+    would be silently ignored, so it is named in a warning (once per call site, as
+    Python's warnings filter does), with the reason.
+    """
+    import warnings
+
+    model = getattr(block_manager, "model", None)
+    if teacher is None or teacher is model or not isinstance(teacher, torch.nn.Module) or model is None:
+        return
+    reason = _same_weights(teacher, model)
+    if reason:
+        warnings.warn(f"{name} is not the model the block manager was built from ({reason}); legodnn uses the "
+                      "block manager's model as the teacher: pass that model to silence this", stacklevel=3)
+
+
+def warn_if_ignored_manager(name: str, model_manager: Any, block_manager: Any) -> None:
+    """A model manager other than the block manager's is not used here: say so once per call site."""
+    import warnings
+
+    if model_manager is None or model_manager is getattr(block_manager, "model_manager", None):
+        return
+    warnings.warn(f"{name} is not used here: the block manager's model manager is (pass None or the same one)",
+                  stacklevel=3)

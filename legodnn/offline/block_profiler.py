@@ -27,7 +27,7 @@ from ..blockmanager.measure import count_bytes
 from ..blockmanager.partition import BLOCK_PREFIX
 from ..blockmanager.store import ACCURACY_MODEL_CHOICE, atomic_write_text
 from ..errors import LegoDNNError
-from ..validation import check_device, check_first_batch, check_input_size, check_int
+from ..validation import check_device, check_first_batch, check_input_size, check_int, warn_if_ignored_teacher
 from .accuracy_fit import (
     ACCURACY_ESTIMATE_JSON,
     MeasuredComposition,
@@ -118,6 +118,7 @@ class BlockProfiler:
     ) -> None:
         model_input_size = check_input_size("model_input_size", model_input_size)
         device = check_device("device", device)
+        warn_if_ignored_teacher("teacher_model", teacher_model, block_manager)
         self.block_manager = block_manager
         self.model_manager = model_manager
         self.trained_dir = Path(trained_blocks_dir)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..blockmanager.auto_block_manager import AutoBlockManager
 from ..errors import InvalidArgumentError
-from ..validation import check_choice, check_device, check_input_size, check_int
+from ..validation import check_choice, check_device, check_input_size, check_int, warn_if_ignored_manager
 from ..version import __version__
 from .latency_profile import LATENCY_JSON, BlockLatency, LatencyProfile, device_description
 
@@ -216,6 +216,7 @@ class LatencyEstimator:
                                 hint="pass the CPU threads to time with, e.g. num_threads=4, or None for torch's setting")
         rounds = check_int("rounds", rounds, minimum=1, hint="pass e.g. rounds=5 (the default)")
         self.block_manager = block_manager
+        warn_if_ignored_manager("model_manager", model_manager, block_manager)
         self.model_manager = model_manager
         self.trained_dir = Path(trained_blocks_dir)
         self.store = block_manager.open_store(str(trained_blocks_dir))

@@ -21,7 +21,7 @@ from ..blockmanager.switcher import BlockSwitcher
 from ..errors import LegoDNNError, StaleProfileError, StoreError
 from ..offline.accuracy_fit import ACCURACY_ESTIMATE_JSON, FittedAccuracyModel, estimate_or_none
 from ..offline.profiles import ModelProfile
-from ..validation import check_float
+from ..validation import check_float, warn_if_ignored_manager
 from .latency_profile import LatencyProfile, device_description
 from .solver import ScalingProblem, Solution, cheapest, solve
 
@@ -81,6 +81,7 @@ class ScalingOptimizer:
         cache_bytes: int = 256 * 2**20,
         accuracy_model: str = "auto",
     ) -> None:
+        warn_if_ignored_manager("model_manager", model_manager, block_manager)
         store = block_manager.open_store(str(trained_blocks_dir))
         self.block_manager = block_manager
         self._setup(store, tuple(model_input_size), device, switcher, cache_bytes, accuracy_model)
