@@ -22,6 +22,15 @@ from legodnn.blockmanager.measure import count_params
 SPARSITIES = [0.0, 0.3, 0.6, 0.8]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small inputs gain nothing from a second thread, and lose much when the cores are busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _outputs(model: nn.Module, x: Any) -> list:
     with torch.no_grad():
         return flat_outputs(model(*x) if isinstance(x, tuple) else model(x))
@@ -32,7 +41,8 @@ def roundtrip(model: nn.Module, input_size: Any, tmp_path: Path, ratio: float = 
     """Extract ``model`` and switch a BlockSwitcher on a fresh copy to every sparsity.
 
     Checks sparsity 0 (manager and switcher) is bit-exact, every other sparsity gives
-    finite outputs of the original shapes, and all-0.8 has fewer block parameters.
+    finite outputs of the original shapes, identical to the descendants the manager
+    builds, and all-0.8 has fewer block parameters.
     """
     model.eval()
     bm = AutoBlockManager(SPARSITIES, model, None, input_size, ratio, verbose=False, **manager_kw)
@@ -49,6 +59,8 @@ def roundtrip(model: nn.Module, input_size: Any, tmp_path: Path, ratio: float = 
         out = _outputs(switcher.model, x)
         assert [o.shape for o in out] == [r.shape for r in reference]
         assert all(torch.isfinite(o).all() for o in out), s
+        built = _outputs(bm.compose({b.name: bm.get_descendant(b.name, s) for b in bm.blocks}), x)
+        assert all(torch.equal(a, b) for a, b in zip(out, built)), s  # stored and loaded = built here
         if s == 0.0:
             assert all(torch.equal(a, b) for a, b in zip(out, reference))
     for spec in bm.blocks:
@@ -122,10 +134,63 @@ def test_conv_subclass_with_gain_is_sliced_consistently(tmp_path: Path) -> None:
         assert torch.allclose(part, full[:, torch.tensor(plan["2"])], atol=1e-5)
 
 
-@pytest.mark.slow
 def test_timm_nf_resnet26_scaled_std_conv(tmp_path: Path) -> None:
     """NF-ResNet's ScaledStdConv2d: the per-filter gain goes with the filters (it crashed
     in count_flops with 'weight should contain 45 elements not 64')."""
     model = _timm("nf_resnet26", num_classes=10)
     bm = roundtrip(model, (1, 3, 64, 64), tmp_path, ratio=0.125, fresh=_timm("nf_resnet26", num_classes=10))
     assert bm.coverage >= 0.8
+
+
+# ----------------------------------------------------------------- non-persistent buffers
+
+
+class PositionBias(nn.Module):
+    """A learnt bias per position, gathered through an index table kept as a
+    non-persistent buffer (as LeViT's ``attention_bias_idxs``): never stored, so the
+    switcher's shape-only build must keep its values."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.randn(size * size) * 0.1)
+        idx = torch.arange(size * size).flip(0)  # not the identity: a wrong table shows
+        self.register_buffer("idx", idx, persistent=False)
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.bias[self.idx].view(1, 1, self.size, self.size)
+
+
+class BufferNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 16, 3, padding=1)
+        self.pos = PositionBias(8)
+        self.c = nn.Conv2d(16, 16, 3, padding=1)
+        self.d = nn.Conv2d(16, 8, 1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.a(x))
+        x = self.pos(torch.relu(self.b(x)))
+        x = torch.relu(self.d(torch.relu(self.c(x))))
+        return self.head(x.mean((2, 3)))
+
+
+def test_non_persistent_buffer_in_a_block(tmp_path: Path) -> None:
+    bm = roundtrip(BufferNet(), (1, 3, 8, 8), tmp_path, fresh=BufferNet())
+    (spec,) = bm.blocks
+    block = bm.get_block(spec.name)
+    assert any(name.endswith("idx") for name, _ in block.named_buffers())  # the table sits in the block
+    assert not any(k.endswith("idx") for k in block.state_dict())  # and is not stored
+
+
+@pytest.mark.parametrize("name, kw", [("levit_128s", {"img_size": 64}),
+                                      pytest.param("tresnet_m", {}, marks=pytest.mark.slow)])
+def test_timm_models_with_non_persistent_buffers(name: str, kw: dict, tmp_path: Path) -> None:
+    """LeViT (attention bias index tables) and TResNet crashed in the switcher with
+    'Cannot copy out of meta tensor' before non-persistent buffers kept their values."""
+    model = _timm(name, num_classes=10, **kw)
+    roundtrip(model, (1, 3, 64, 64), tmp_path, ratio=0.125, fresh=_timm(name, num_classes=10, **kw))
