@@ -241,8 +241,9 @@ _WRITER = textwrap.dedent("""
             BlockRetrainer(model, bm, mm, root + "/compressed", root + "/trained", 2, loader, verbose=False,
                            composition_epochs=1).train_all_blocks()
         elif stage == "profile":
-            BlockProfiler(model, bm, mm, root + "/trained", loader, {size!r}, "cpu", verbose=False).profile_all_blocks(
-                num_compositions=3)
+            profiler = BlockProfiler(model, bm, mm, root + "/trained", loader, {size!r}, "cpu", verbose=False)
+            profiler.profile_all_blocks(num_compositions=3)
+            profiler.validate_accuracy_model(2)  # accuracy_model.json
         else:
             LatencyEstimator(bm, mm, root + "/trained", 2, {size!r}, "cpu", num_threads=1,
                              verbose=False).profile_all_blocks(num_compositions=2)
@@ -255,7 +256,7 @@ def _check_readable(folder: Path) -> None:
         for s in store.block_sparsity:
             store.descendant_tensors(block, s)
     store.frame_tensors()
-    for name in ("block_profile.json", "latency_profile.json", "accuracy_estimate.json"):
+    for name in ("block_profile.json", "latency_profile.json", "accuracy_estimate.json", "accuracy_model.json"):
         if (folder / name).exists():
             json.loads((folder / name).read_text())
 
