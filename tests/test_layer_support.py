@@ -194,3 +194,198 @@ def test_timm_models_with_non_persistent_buffers(name: str, kw: dict, tmp_path: 
     'Cannot copy out of meta tensor' before non-persistent buffers kept their values."""
     model = _timm(name, num_classes=10, **kw)
     roundtrip(model, (1, 3, 64, 64), tmp_path, ratio=0.125, fresh=_timm(name, num_classes=10, **kw))
+
+
+# ------------------------------------------------------------ custom layers, registered
+
+
+class ChannelScale(nn.Module):
+    """A learnt per-channel scale whose forward branches on values: torch.fx cannot trace
+    it, so it must be a registered leaf ("channelwise": channel k out is channel k in)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.rand(channels, 1, 1) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.scale < 0).any():  # data-dependent control flow
+            return x * self.scale.abs()
+        return x * self.scale
+
+
+class RowScale(nn.Module):
+    """Per-channel scale stored as (1, C, 1, 1): the default slicer (leading dim) does not
+    fit it, so it comes with its own."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.rand(1, channels, 1, 1) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+def slice_row_scale(m: RowScale, keep_in: torch.Tensor, keep_out: torch.Tensor) -> None:
+    from legodnn.blockmanager import slice_channels
+
+    m.scale = slice_channels(m.scale, keep_out, dim=1)
+
+
+class FunctionalConv(nn.Module):
+    """A conv written with F.conv2d on its own weight (no nn.Conv2d): registered as
+    "conv", its filters become prunable."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(cout, cin, 3, 3) * 0.2)
+        self.bias = nn.Parameter(torch.randn(cout) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, self.bias, padding=1)
+
+
+def slice_functional_conv(m: FunctionalConv, keep_in: torch.Tensor, keep_out: torch.Tensor) -> None:
+    from legodnn.blockmanager import slice_channels
+
+    m.weight = slice_channels(slice_channels(m.weight, keep_out, 0), keep_in, 1)
+    m.bias = slice_channels(m.bias, keep_out)
+
+
+class CustomNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = FunctionalConv(8, 16)
+        self.s = ChannelScale(16)
+        self.c = nn.Conv2d(16, 16, 3, padding=1)
+        self.r = RowScale(16)
+        self.d = nn.Conv2d(16, 8, 1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.a(x))
+        x = torch.relu(self.s(self.b(x)))
+        x = torch.relu(self.r(self.c(x)))
+        x = torch.relu(self.d(x))
+        return self.head(x.mean((2, 3)))
+
+
+def _custom_registry():
+    from legodnn.blockmanager import LayerRegistry
+
+    layers = LayerRegistry()
+    layers.register(ChannelScale, "channelwise")
+    layers.register(RowScale, "channelwise", slice_row_scale)
+    layers.register(FunctionalConv, "conv", slice_functional_conv)
+    return layers
+
+
+def test_unregistered_custom_layer_does_not_trace() -> None:
+    from legodnn import LegoDNNError
+
+    with pytest.raises(LegoDNNError, match="control flow"):
+        AutoBlockManager(SPARSITIES, CustomNet().eval(), None, (1, 3, 8, 8), 1.0, verbose=False)
+
+
+def test_registered_custom_layers_are_pruned_with_their_channels() -> None:
+    layers = _custom_registry()
+    model = CustomNet().eval()
+    bm = AutoBlockManager(SPARSITIES, model, None, (1, 3, 8, 8), 1.0, verbose=False, layers=layers)
+    assert bm.total_convs == 4  # FunctionalConv counts as a conv
+    (spec,) = bm.blocks
+    teacher = bm.get_block(spec.name)
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(bm.get_descendant(spec.name, 0.0)(x), model(x))
+    for s in SPARSITIES[1:]:
+        plan = bm.pruning_plan(spec.name, s)
+        assert {"a", "b", "c"} <= set(plan)  # FunctionalConv's filters are pruned
+        block = bm.get_descendant(spec.name, s)
+        kb, kc = torch.tensor(plan["b"]), torch.tensor(plan["c"])
+        assert torch.equal(block.b.weight, teacher.b.weight.detach()[kb][:, torch.tensor(plan["a"])])
+        assert torch.equal(block.s.scale, teacher.s.scale.detach()[kb])  # follows b's filters
+        assert torch.equal(block.r.scale, teacher.r.scale.detach()[:, kc])  # follows c's filters
+        assert block.s.scale.data_ptr() != teacher.s.scale.data_ptr()
+        with torch.no_grad():
+            y = block(x)
+        assert y.shape == (2, 4) and torch.isfinite(y).all()
+        # the kept channels compute what the teacher computes with the removed ones zeroed
+        mask = torch.zeros(1, 8, 1, 1)
+        mask[:, plan["a"]] = 1
+        with torch.no_grad():
+            full = teacher.s(teacher.b(torch.relu(teacher.a(x)) * mask))
+            part = block.s(block.b(torch.relu(block.a(x))))
+        assert torch.allclose(part, full[:, kb], atol=1e-5)
+
+
+def test_default_registry_reaches_the_switcher(tmp_path: Path) -> None:
+    """Registered in default_layers, custom layers work through extraction and a
+    BlockSwitcher built from the model code alone (as on a device)."""
+    from legodnn.blockmanager import default_layers, register_leaf
+
+    entries = [(ChannelScale, "channelwise", None), (RowScale, "channelwise", slice_row_scale),
+               (FunctionalConv, "conv", slice_functional_conv)]
+    try:
+        for cls, rule, slicer in entries:
+            assert register_leaf(cls, rule, slicer) is cls
+            register_leaf(cls, rule, slicer)  # idempotent
+        roundtrip(CustomNet(), (1, 3, 8, 8), tmp_path, fresh=CustomNet())
+    finally:
+        for cls, _, _ in entries:
+            default_layers.unregister(cls)
+    assert len(default_layers) == 0
+
+
+def test_registry_rules() -> None:
+    from legodnn import ArgumentTypeError, InvalidArgumentError
+    from legodnn.blockmanager import LayerRegistry
+
+    layers = LayerRegistry()
+    layers.register(RowScale, "channelwise", slice_row_scale)
+    layers.register(RowScale, "channelwise", slice_row_scale)  # the same again: nothing changes
+    assert len(layers) == 1 and RowScale in layers
+    with pytest.raises(InvalidArgumentError, match="already registered"):
+        layers.register(RowScale, "opaque")
+    layers.register(RowScale, "opaque", replace=True)
+    assert layers.lookup(RowScale(4)).channel_rule == "opaque"
+    with pytest.raises(InvalidArgumentError, match="channel_rule must be one of"):
+        layers.register(ChannelScale, "elementwise")
+    with pytest.raises(InvalidArgumentError, match="needs slicer"):
+        layers.register(FunctionalConv, "conv")
+    with pytest.raises(ArgumentTypeError):
+        layers.register(ChannelScale(4), "channelwise")
+    with pytest.raises(ArgumentTypeError, match="LayerRegistry"):
+        AutoBlockManager(SPARSITIES, CustomNet(), None, (1, 3, 8, 8), layers={ChannelScale: "channelwise"})
+
+    class SubScale(ChannelScale):
+        pass
+
+    layers.register(ChannelScale, "channelwise")
+    assert layers.lookup(SubScale(4)).cls is ChannelScale  # subclasses inherit
+    copy = layers.copy()
+    copy.unregister(ChannelScale)
+    assert ChannelScale in layers and ChannelScale not in copy
+
+
+def test_conv_subclass_registered_opaque_is_kept_whole() -> None:
+    from legodnn.blockmanager import LayerRegistry
+
+    layers = LayerRegistry()
+    layers.register(GainConv2d, "opaque")
+    bm = AutoBlockManager(SPARSITIES, _gain_net(), None, (1, 3, 12, 12), 1.0, verbose=False, layers=layers)
+    plan = bm.pruning_plan(bm.block_names[0], 0.5)
+    assert "2" not in plan and "4" not in plan and "0" not in plan  # their channels are frozen
+    assert bm.total_convs == 2
+
+
+def test_conv_rule_importance_must_match_filters() -> None:
+    from legodnn import InvalidArgumentError
+    from legodnn.blockmanager import LayerRegistry
+
+    layers = LayerRegistry()
+    layers.register(FunctionalConv, "conv", slice_functional_conv, importance=lambda m: torch.ones(3))
+    layers.register(ChannelScale, "channelwise")
+    layers.register(RowScale, "channelwise", slice_row_scale)
+    with pytest.raises(InvalidArgumentError, match="3 filter importances but has 16 output channels"):
+        AutoBlockManager(SPARSITIES, CustomNet(), None, (1, 3, 8, 8), 1.0, verbose=False, layers=layers)

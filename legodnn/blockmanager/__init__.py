@@ -10,11 +10,16 @@ _EXPORTS = {
     "BlockStore": ".store",
     "BlockSwitcher": ".switcher",
     "DescendantSpec": ".specs",
+    "LayerRegistry": ".layers",
+    "LeafLayer": ".layers",
     "LegoModel": ".switcher",
     "Partition": ".partition",
     "StoreManifest": ".manifest",
     "StoreWriter": ".store",
     "SwitchResult": ".switcher",
+    "default_layers": ".layers",
+    "register_leaf": ".layers",
+    "slice_channels": ".layers",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS)
@@ -26,3 +31,4 @@ if TYPE_CHECKING:  # the names for type checkers and editors; at run time they l
     from .switcher import BlockSwitcher as BlockSwitcher, LegoModel as LegoModel, SwitchResult as SwitchResult  # noqa: F401
     from .partition import Partition as Partition  # noqa: F401
     from .manifest import StoreManifest as StoreManifest  # noqa: F401
+    from .layers import LayerRegistry as LayerRegistry, LeafLayer as LeafLayer, default_layers as default_layers, register_leaf as register_leaf, slice_channels as slice_channels  # noqa: F401

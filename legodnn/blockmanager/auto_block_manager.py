@@ -33,7 +33,8 @@ from .regions import Region, find_candidate_regions, select_regions
 from .specs import BlockSpec, DescendantSpec
 from .manifest import BlockEntry, FileRef, PartEntry, StoreManifest
 from .store import FRAME_FILE, BlockStore, StoreWriter, descendant_file
-from .tracing import CONV_TYPES, TracedPart, dummy_runner, trace_model
+from .layers import LayerRegistry, default_layers
+from .tracing import TracedPart, dummy_runner, trace_model
 
 __all__ = ["AutoBlockManager", "validate_sparsities", "dummy_runner"]
 
@@ -79,6 +80,8 @@ class AutoBlockManager:
     something to prune, chosen to cover as many parameters as possible (the original
     LegoDNN rule for block size). ``block_sparsity`` lists the fraction of each block's
     internal filters every descendant removes; 0.0, the original block, is always there.
+    ``layers`` declares custom layer types (:mod:`legodnn.blockmanager.layers`); by default
+    :data:`~legodnn.blockmanager.default_layers`, the registry the switcher also uses.
     """
 
     def __init__(
@@ -90,6 +93,8 @@ class AutoBlockManager:
         compress_layer_max_ratio: float = 0.125,
         device: str = "cpu",
         verbose: bool = True,
+        *,
+        layers: Optional[LayerRegistry] = None,
     ) -> None:
         self.block_sparsity = validate_sparsities(block_sparsity)
         check_module("model", model)
@@ -103,8 +108,13 @@ class AutoBlockManager:
         self.compress_layer_max_ratio = float(compress_layer_max_ratio)
         self.device = device
         self.verbose = verbose
+        if layers is not None and not isinstance(layers, LayerRegistry):
+            raise ArgumentTypeError(
+                f"layers must be a legodnn.blockmanager.LayerRegistry, got {type(layers).__name__}; "
+                "leave it out to use legodnn.blockmanager.default_layers")
+        self.layers = default_layers if layers is None else layers
 
-        conv_modules = {id(m): m for m in self.model.modules() if isinstance(m, CONV_TYPES)}
+        conv_modules = {id(m): m for m in self.model.modules() if self.layers.is_conv(m)}
         self.total_convs = len(conv_modules)
         self.total_conv_params = sum(count_params(m) for m in conv_modules.values())
         self.max_convs_per_block = max(2, math.floor(self.total_convs * self.compress_layer_max_ratio))
@@ -127,7 +137,7 @@ class AutoBlockManager:
     def _trace(self) -> List[TracedPart]:
         run = dummy_runner(self.model, self.model_manager, self.model_input_size, self.device)
         try:
-            parts = trace_model(self.model, run)
+            parts = trace_model(self.model, run, layers=self.layers)
         except TraceError:
             raise
         except Exception as exc:  # the dummy forward itself failed: wrong input size, usually
@@ -142,12 +152,12 @@ class AutoBlockManager:
     def _find_blocks(self) -> Partition:
         chosen: List[Tuple[str, Region]] = []
         for part in self.parts:
-            candidates = find_candidate_regions(part.graph_module, self.max_convs_per_block)
+            candidates = find_candidate_regions(part.graph_module, self.max_convs_per_block, layers=self.layers)
             gm = part.graph_module
 
             def prunable(region: Region, gm: fx.GraphModule = gm, path: str = part.path) -> bool:
                 spec = _provisional_spec(path, region)
-                return bool(analyze_channels(extract_block(gm, spec)).groups)
+                return bool(analyze_channels(extract_block(gm, spec), self.layers).groups)
 
             chosen.extend((part.path, r) for r in select_regions(candidates, accept=prunable))
         if not chosen:
@@ -161,7 +171,7 @@ class AutoBlockManager:
 
     def _analysis(self, name: str) -> ChannelAnalysis:
         if name not in self._analyses:
-            self._analyses[name] = analyze_channels(self.partition.blocks[name])
+            self._analyses[name] = analyze_channels(self.partition.blocks[name], self.layers)
         return self._analyses[name]
 
     # -- public view ------------------------------------------------------------

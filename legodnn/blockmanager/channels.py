@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from .layers import LayerRegistry, default_layers
+
 __all__ = ["ChannelAnalysis", "PruneGroup", "analyze_channels", "channel_importance"]
 
 _PASSTHROUGH_MODULES = (
@@ -120,6 +122,7 @@ class ChannelAnalysis:
     class_importance: np.ndarray
     groups: List[PruneGroup]
     flatten_views: List[str] = field(default_factory=list)  # view/reshape nodes to rewrite
+    layers: LayerRegistry = field(default_factory=lambda: default_layers)  # custom leaves it was made with
 
     def atoms_of(self, source: str) -> np.ndarray:
         s = self.sources[source]
@@ -143,8 +146,9 @@ def channel_importance(module: nn.Module) -> np.ndarray:
 
 
 class _Analyzer:
-    def __init__(self, gm: fx.GraphModule) -> None:
+    def __init__(self, gm: fx.GraphModule, layers: LayerRegistry) -> None:
         self.gm = gm
+        self.layers = layers
         self.modules = dict(gm.named_modules())
         self.uf = _UnionFind()
         self.frozen: List[bool] = []
@@ -237,6 +241,20 @@ class _Analyzer:
         x = node.args[0] if node.args else None
         lay = self.layout(x)
         if len(node.all_input_nodes) != 1 or node.kwargs or lay is None:
+            return self.opaque(node)
+        entry = self.layers.lookup(m)
+        if entry is not None:  # a registered custom layer: its declared rule wins
+            if entry.channel_rule == "channelwise":
+                return lay  # run() freezes it if its output has another channel count
+            if entry.channel_rule == "conv":
+                shape = _shape(node)
+                if shape is None or len(shape) < 2:
+                    return self.opaque(node)
+                self.consume(node, lay)
+                if node.target in self.sources:
+                    return self.layer_source(node, m, shape[1])
+                return self.new_source(node.target, shape[1], frozen=False,
+                                       importance=entry.filter_importance(m, shape[1]))
             return self.opaque(node)
         if isinstance(m, nn.modules.conv._ConvNd):
             return self.visit_conv(node, m, lay)
@@ -469,6 +487,7 @@ class _Analyzer:
             class_importance=importance,
             groups=groups,
             flatten_views=self.flatten_views,
+            layers=self.layers,
         )
 
     def _balanced_parts(self, classes: List[int], class_of_atom: np.ndarray) -> Optional[List[List[int]]]:
@@ -490,8 +509,13 @@ class _Analyzer:
         return parts
 
 
-def analyze_channels(gm: fx.GraphModule) -> ChannelAnalysis:
-    """Channel coupling classes of a block graph whose nodes carry ShapeProp metadata."""
-    analyzer = _Analyzer(gm)
+def analyze_channels(gm: fx.GraphModule, layers: Optional[LayerRegistry] = None) -> ChannelAnalysis:
+    """Channel coupling classes of a block graph whose nodes carry ShapeProp metadata.
+
+    ``layers`` declares custom leaf layers (:data:`~.layers.default_layers` if None); the
+    analysis keeps it, so the descendants built from it slice those layers the same way.
+    """
+    layers = default_layers if layers is None else layers
+    analyzer = _Analyzer(gm, layers)
     analyzer.run()
     return analyzer.result()

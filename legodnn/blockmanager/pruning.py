@@ -18,6 +18,7 @@ import torch
 from torch import fx, nn
 
 from .channels import ChannelAnalysis, analyze_channels
+from .layers import slice_channels
 
 __all__ = ["plan_pruning", "build_descendant", "kept_channels"]
 
@@ -126,16 +127,12 @@ def _slice_per_output(m: nn.Module, out_size: int, keep_out: np.ndarray) -> None
     layer we know has one, and a custom layer that has one should be registered with its
     own slicer, see :mod:`legodnn.blockmanager.layers`.)
     """
+    keep = torch.as_tensor(keep_out, dtype=torch.long)
     for table in ("_parameters", "_buffers"):
-        for name, t in list(getattr(m, table).items()):
-            if name == "weight" or t is None or t.dim() == 0 or t.shape[0] != out_size:
-                continue
-            idx = torch.as_tensor(keep_out, dtype=torch.long, device=t.device)
-            new_t = t.detach()[idx].clone()
-            if table == "_parameters":
-                m._parameters[name] = nn.Parameter(new_t, requires_grad=t.requires_grad)
-            else:
-                m._buffers[name] = new_t
+        entries = getattr(m, table)
+        for name, t in list(entries.items()):
+            if name != "weight" and t is not None and t.dim() > 0 and t.shape[0] == out_size:
+                entries[name] = slice_channels(t, keep)
 
 
 def _slice_channelwise(m: nn.Module, keep: np.ndarray) -> None:
@@ -191,7 +188,11 @@ def build_descendant(
         if len(keep_in) == len(in_lay) and len(keep_out) == len(out_lay):
             continue
         done.add(node.target)
-        if isinstance(m, nn.modules.conv._ConvNd):
+        entry = analysis.layers.lookup(m)
+        if entry is not None:  # a registered custom layer: its own slicer
+            if entry.channel_rule != "opaque":
+                entry.slice(m, keep_in, keep_out, len(in_lay))
+        elif isinstance(m, nn.modules.conv._ConvNd):
             _slice_conv(m, keep_in, keep_out)
         elif isinstance(m, nn.Linear):
             _slice_linear(m, keep_in, keep_out)

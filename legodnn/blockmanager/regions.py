@@ -19,7 +19,7 @@ from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Set
 
 from torch import fx
 
-from .tracing import CONV_TYPES, PRUNABLE_TYPES
+from .layers import LayerRegistry, default_layers
 
 __all__ = ["Region", "find_candidate_regions", "select_regions", "constant_nodes"]
 
@@ -79,10 +79,11 @@ def _dominators(order: List[fx.Node], preds: Dict[fx.Node, List[fx.Node]], root:
 
 
 def find_candidate_regions(
-    gm: fx.GraphModule, max_convs: int, min_nodes: int = 1
+    gm: fx.GraphModule, max_convs: int, min_nodes: int = 1, layers: Optional[LayerRegistry] = None
 ) -> List[Region]:
     """All single-entry/single-exit regions with at most ``max_convs`` convolutions and
-    at least one prunable layer."""
+    at least one prunable layer (``layers`` says which custom leaves count as convs)."""
+    layers = default_layers if layers is None else layers
     modules = dict(gm.named_modules())
     consts = constant_nodes(gm.graph)
     order = [n for n in gm.graph.nodes if n not in consts]
@@ -146,12 +147,12 @@ def find_candidate_regions(
     conv_w: Dict[int, int] = {}
     prunable_w: Dict[int, int] = {}
     for n in order:
-        if n.op == "call_module" and isinstance(modules.get(n.target), PRUNABLE_TYPES):
+        if n.op == "call_module" and layers.is_prunable(modules[n.target]):
             mod = modules[n.target]
             size = sum(p.numel() for p in mod.parameters())
             prunable_mask |= 1 << index[n]
             prunable_w[index[n]] = size
-            if isinstance(mod, CONV_TYPES):
+            if layers.is_conv(mod):
                 conv_mask |= 1 << index[n]
                 conv_w[index[n]] = size
 

@@ -1,7 +1,8 @@
 """Graph capture: trace a model (or its traceable parts) with torch.fx.
 
 Standard layers stay leaf modules, so a conv subclass is one node we can prune rather
-than a tangle of ``F.conv2d`` calls on parameters. When the whole model does not trace
+than a tangle of ``F.conv2d`` calls on parameters; so do the custom layer types a
+:class:`~.layers.LayerRegistry` declares. When the whole model does not trace
 (torchvision's detectors loop over a list of images), the largest submodules that
 take one tensor and hold prunable layers are traced instead; the rest stays as it is.
 """
@@ -18,27 +19,22 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import TraceError
+from .layers import CONV_TYPES, PRUNABLE_TYPES, LayerRegistry, default_layers
 
 __all__ = ["TracedPart", "LegoTracer", "trace_model", "dummy_runner", "PRUNABLE_TYPES", "CONV_TYPES"]
 
 logger = logging.getLogger(__name__)
 
-CONV_TYPES: Tuple[type, ...] = (nn.modules.conv._ConvNd,)
-PRUNABLE_TYPES: Tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear)
-_LEAF_TYPES: Tuple[type, ...] = (
-    nn.modules.conv._ConvNd,
-    nn.Linear,
-    nn.modules.batchnorm._NormBase,
-    nn.GroupNorm,
-    nn.LayerNorm,
-)
-
-
 class LegoTracer(fx.Tracer):
-    """fx tracer that keeps torch.nn layers, and subclasses of the prunable ones, as leaves."""
+    """fx tracer that keeps torch.nn layers, subclasses of the prunable ones, and the
+    layer types registered in ``layers`` as leaves."""
+
+    def __init__(self, layers: Optional[LayerRegistry] = None) -> None:
+        super().__init__()
+        self.layers = default_layers if layers is None else layers
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, _LEAF_TYPES):
+        if self.layers.is_leaf(m):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
@@ -52,8 +48,8 @@ class TracedPart:
     example_input: torch.Tensor
 
 
-def _count_prunable(module: nn.Module) -> int:
-    return sum(isinstance(m, PRUNABLE_TYPES) for m in module.modules())
+def _count_prunable(module: nn.Module, layers: LayerRegistry) -> int:
+    return sum(layers.is_prunable(m) for m in module.modules())
 
 
 def _concrete_args(module: nn.Module) -> Optional[Dict[str, Any]]:
@@ -87,12 +83,12 @@ def _flat_tensors(value: Any) -> List[torch.Tensor]:
     return []
 
 
-def _trace_one(module: nn.Module, example: torch.Tensor) -> fx.GraphModule:
+def _trace_one(module: nn.Module, example: torch.Tensor, layers: LayerRegistry) -> fx.GraphModule:
     """Trace ``module`` for one tensor input, annotate shapes, check it matches eager."""
     concrete = _concrete_args(module)
     if concrete is None:
         raise TraceError(f"{type(module).__name__}.forward takes more than one required input")
-    tracer = LegoTracer()
+    tracer = LegoTracer(layers)
     # fx stores tensor constants (e.g. a FrozenBatchNorm's eps tensor or a torch.tensor
     # built in forward) as new `_tensor_constant<i>` attributes *on the traced module*;
     # left there, they would change the user's model and rename the constants of the
@@ -148,7 +144,8 @@ def _capture_inputs(
 
 
 def trace_model(
-    model: nn.Module, run_dummy: Callable[[], Any], paths: Optional[Sequence[str]] = None
+    model: nn.Module, run_dummy: Callable[[], Any], paths: Optional[Sequence[str]] = None,
+    layers: Optional[LayerRegistry] = None,
 ) -> List[TracedPart]:
     """Trace the whole model, or else the largest single-tensor submodules with prunable layers.
 
@@ -156,22 +153,24 @@ def trace_model(
     is how the example input of every part is found. ``paths`` traces exactly these
     parts (as recorded in a blocks directory) instead of searching. The model is put in
     eval mode for the trace (so BatchNorm statistics are not touched) and restored.
+    ``layers`` names the custom leaf layers (:data:`~.layers.default_layers` if None).
     """
+    layers = default_layers if layers is None else layers
     was_training = model.training
     model.eval()
     try:
         if paths is None:
-            return _trace_parts(model, run_dummy)
+            return _trace_parts(model, run_dummy, layers)
         try:
             inputs = _capture_inputs(model, list(paths), run_dummy)
-            return [TracedPart(p, _trace_one(model.get_submodule(p), inputs[p][0][0]), inputs[p][0][0]) for p in paths]
+            return [TracedPart(p, _trace_one(model.get_submodule(p), inputs[p][0][0], layers), inputs[p][0][0]) for p in paths]
         except Exception as exc:
             raise TraceError(f"cannot trace the parts {list(paths)} of this model: {exc}") from exc
     finally:
         model.train(was_training)
 
 
-def _trace_parts(model: nn.Module, run_dummy: Callable[[], Any]) -> List[TracedPart]:
+def _trace_parts(model: nn.Module, run_dummy: Callable[[], Any], layers: LayerRegistry) -> List[TracedPart]:
     parts: List[TracedPart] = []
     failures: Dict[str, str] = {}
     frontier = [""]
@@ -184,7 +183,7 @@ def _trace_parts(model: nn.Module, run_dummy: Callable[[], Any]) -> List[TracedP
                 args, kwargs = inputs[path]
                 if len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
                     try:
-                        gm = _trace_one(module, args[0])
+                        gm = _trace_one(module, args[0], layers)
                     except Exception as exc:  # any fx failure means: look deeper
                         failures[path or "<model>"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
                     else:
@@ -193,7 +192,7 @@ def _trace_parts(model: nn.Module, run_dummy: Callable[[], Any]) -> List[TracedP
                 else:
                     failures[path or "<model>"] = "takes something other than one tensor"
             for name, child in module.named_children():
-                if isinstance(child, PRUNABLE_TYPES) or _count_prunable(child) == 0:
+                if layers.is_prunable(child) or layers.is_leaf(child) or _count_prunable(child, layers) == 0:
                     continue
                 child_path = f"{path}.{name}" if path else name
                 next_frontier.append(child_path)
