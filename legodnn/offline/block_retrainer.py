@@ -3,7 +3,9 @@
 Per batch, one teacher forward captures every block's input and output; every
 descendant of every block then takes one optimizer step to map the same input to the
 same output. Memory holds one batch of activations, never the data set's. The state
-after each epoch is on disk, so an interrupted run resumes where it stopped; the
+is on disk after each epoch and, within an epoch, every ``checkpoint_seconds`` seconds
+or ``checkpoint_steps`` steps (:mod:`~legodnn.offline.checkpoints`), so an interrupted
+run resumes where it stopped and ends with the weights of an uninterrupted one; the
 weights with the lowest held-out loss are the ones kept.
 """
 
@@ -21,13 +23,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..blockmanager.auto_block_manager import AutoBlockManager
-from ..blockmanager.atomic import remove_stale_temps, save_torch_atomic
-from ..blockmanager.store import atomic_write_text, claim_path, mark_work_dir, sparsity_tag, write_file_atomic
+from ..blockmanager.atomic import write_text_atomic
+from ..blockmanager.store import claim_path, mark_work_dir, sparsity_tag
 from ..errors import LegoDNNError
 from ..validation import check_device, check_first_batch, check_int
 from .capture import capture_block_io
+from .checkpoints import CheckpointClock, CheckpointFolder, check_checkpoint_options, resume_epoch, set_rng_state
 from .guards import finite_loss
-from .composition_retrainer import CompositionHistory, CompositionStage, _class_labels
+from .composition_retrainer import CompositionHistory, CompositionStage, _class_labels, _flatten, _key_name, _unflatten
 from .holdout import split_holdout
 from .trained_store import write_trained_store
 
@@ -65,6 +68,14 @@ class BlockRetrainer:
     (``"train"``: descendants' BatchNorm follows the batches; ``"frozen"``) and
     ``label_weight`` (cross-entropy with the batch's labels; ``None``: 1 for a
     classifier, else 0) tune it.
+
+    Both stages also save mid-epoch, after the step that ends ``checkpoint_seconds``
+    seconds (default 60: a kill loses at most about a minute of work, and saving even a
+    large set of descendants every minute costs about a percent of the time) or
+    ``checkpoint_steps`` steps (default ``None``: by time only) since the last save. A
+    resumed run skips the batches already done in its epoch (it loads them without
+    training on them) with the random generators restored, so it ends with exactly the
+    weights and history of an uninterrupted run.
     """
 
     def __init__(
@@ -90,12 +101,15 @@ class BlockRetrainer:
         label_weight: Optional[float] = None,
         seed: int = 0,
         overwrite: bool = False,
+        checkpoint_seconds: Optional[float] = 60.0,
+        checkpoint_steps: Optional[int] = None,
     ) -> None:
         max_epoch = check_int("max_epoch", max_epoch, minimum=1, hint="pass a whole number of epochs, e.g. max_epoch=3")
         composition_epochs = check_int(
             "composition_epochs", composition_epochs, minimum=0, allow_none=True,
             hint="pass None (automatic), 0 (block distillation only) or a whole number of epochs")
         device = check_device("device", device)
+        self.checkpoint_seconds, self.checkpoint_steps = check_checkpoint_options(checkpoint_seconds, checkpoint_steps)
         self.teacher = teacher_model
         self.block_manager = block_manager
         self.model_manager = model_manager
@@ -112,7 +126,10 @@ class BlockRetrainer:
         self.verbose = verbose
         self.composition_epochs = composition_epochs
         self._composition_options = dict(lr=composition_lr, num_random=composition_samples, temperature=temperature,
-                                         batchnorm=batchnorm, label_weight=label_weight, seed=seed, verbose=verbose)
+                                         batchnorm=batchnorm, label_weight=label_weight, seed=seed, verbose=verbose,
+                                         checkpoint_seconds=self.checkpoint_seconds,
+                                         checkpoint_steps=self.checkpoint_steps)
+        self._checkpoints = CheckpointFolder(self._state_dir)
         CompositionStage(block_manager, model_manager, 1, train_loader, val_loader, self._state_dir / "composition",
                          device, **self._composition_options)  # checks the options now, not after the block epochs
         self.composition: Optional[CompositionStage] = None
@@ -151,43 +168,77 @@ class BlockRetrainer:
     def _keys(self) -> List[Key]:
         return [(b, s) for b in self.block_manager.block_names for s in self.block_manager.block_sparsity if s > 0]
 
-    def _load_state(self, students: Dict[Key, nn.Module], optims: Dict[Key, torch.optim.Optimizer]) -> Dict[str, Any]:
-        path = self._state_dir / "state.json"
-        remove_stale_temps(self._state_dir)  # what a killed run left half-written
-        fresh = {"epochs_done": 0, "history": {}, "best_val": {}, "source": self.store.fingerprint}
-        if not path.exists():
-            return fresh
-        state = json.loads(path.read_text(encoding="utf-8"))
+    def _load_state(self, students: Dict[Key, nn.Module], optims: Dict[Key, torch.optim.Optimizer]
+                    ) -> Dict[Key, Dict[str, torch.Tensor]]:
+        """Load the last checkpoint into ``students`` and ``optims``; returns the best weights so far.
+
+        Sets ``self._state`` (what ``state.json`` holds; fresh without a checkpoint) and
+        ``self._rng`` (the generators' states the checkpoint recorded; the global ones
+        are set to its "now", where an uninterrupted run would have them).
+        """
+        fresh = {"epochs_done": 0, "position": None, "history": {}, "best_val": {}, "source": self.store.fingerprint}
+        state = self._checkpoints.read_state()
+        self._rng: Optional[Dict[str, Any]] = None
+        self._legacy = False
+        if state is None:
+            self._state = fresh
+            return {key: {k: v.detach().clone() for k, v in s.state_dict().items()} for key, s in students.items()}
         if state.get("source") != fresh["source"] or state.get("compressed_sha") != self._compressed_sha():
             raise LegoDNNError(
                 f"{self._state_dir} holds training state for other blocks; delete it (or choose "
                 "another trained_blocks_dir) to start over"
             )
+        if "files" in state:
+            checkpoint = self._checkpoints.load(state)
+            last, best = _unflatten(checkpoint.last, students), _unflatten(checkpoint.best, students)
+            optim_states, self._rng = checkpoint.optim, checkpoint.rng
+        else:
+            last, best, optim_states = self._legacy_files(students)
+        for key, student in students.items():
+            student.load_state_dict(last[key])
+            optims[key].load_state_dict(optim_states[_key_name(key)])
+        if self._rng is not None:
+            set_rng_state(self._rng["now"], self.train_loader)
+        self._state = {**fresh, **state}
+        position = self._state["position"]
+        logger.info("resuming block training after epoch %d%s", state["epochs_done"],
+                    f" and {position['step']} steps" if position else "")
+        return best
+
+    def _legacy_files(self, students: Dict[Key, nn.Module]) -> Tuple[Dict[Key, Any], Dict[Key, Any], Dict[str, Any]]:
+        """State written before mid-epoch checkpoints: one file per descendant and kind, at an epoch's end.
+
+        Read once; the first new checkpoint removes them (:meth:`_save_state`).
+        """
         from safetensors.torch import load_file
 
-        for key, student in students.items():
-            student.load_state_dict(load_file(str(self._file(key, "last.safetensors"))))
-            optims[key].load_state_dict(torch.load(self._file(key, "optim.pt"), weights_only=True))
-        logger.info("resuming block training after epoch %d", state["epochs_done"])
-        return state
+        self._legacy = True
+        last = {key: load_file(str(self._file(key, "last.safetensors"))) for key in students}
+        best = {key: load_file(str(self._file(key, "best.safetensors"))) for key in students}
+        optim = {_key_name(key): torch.load(self._file(key, "optim.pt"), weights_only=True) for key in students}
+        return last, best, optim
 
     def _compressed_sha(self) -> str:
         return self.store.weights_digest
 
-    def _save_state(
-        self,
-        state: Dict[str, Any],
-        students: Dict[Key, nn.Module],
-        best: Dict[Key, Dict[str, torch.Tensor]],
-        optims: Dict[Key, torch.optim.Optimizer],
-    ) -> None:
-        self._state_dir.mkdir(parents=True, exist_ok=True)
-        for key, student in students.items():
-            write_file_atomic(self._file(key, "last.safetensors"), student.state_dict())
-            write_file_atomic(self._file(key, "best.safetensors"), best[key])
-            save_torch_atomic(self._file(key, "optim.pt"), optims[key].state_dict())
-        state["compressed_sha"] = self._compressed_sha()
-        atomic_write_text(self._state_dir / "state.json", json.dumps(state, indent=1))
+    def _save_state(self, students: Dict[Key, nn.Module], optims: Dict[Key, torch.optim.Optimizer],
+                    epoch_start_rng: Optional[Dict[str, Any]] = None) -> None:
+        """A checkpoint: the live weights, the optimizer states, ``self._state`` (epochs done,
+        history, position within the epoch) and the best weights when they changed since
+        the last one. ``epoch_start_rng``: the generators at the start of the epoch, for a
+        mid-epoch checkpoint."""
+        self._state["compressed_sha"] = self._compressed_sha()
+        best = None if self._best_saved else _flatten(self._best)
+        self._checkpoints.save(self._state, _flatten(students), best,
+                               {_key_name(key): o.state_dict() for key, o in optims.items()}, epoch_start_rng,
+                               self.train_loader)
+        self._best_saved = True
+        if self._legacy:
+            for key in students:
+                for kind in ("last.safetensors", "best.safetensors", "optim.pt"):
+                    self._file(key, kind).unlink(missing_ok=True)
+            self._legacy = False
+        self._clock.restart()
 
     # -- training ---------------------------------------------------------------
     def _capture(self, batch: Any) -> Dict[str, List[Tuple[torch.Tensor, torch.Tensor]]]:
@@ -204,16 +255,10 @@ class BlockRetrainer:
         mark_work_dir(self.trained_dir)
         students = {key: bm.load_descendant(self.store, *key).to(self.device) for key in self._keys()}
         optims = {key: self.optimizer_factory(s.parameters()) for key, s in students.items()}
-        state = self._load_state(students, optims)
-        best: Dict[Key, Dict[str, torch.Tensor]] = {}
-        for key, student in students.items():
-            best_file = self._file(key, "best.safetensors")
-            if state["epochs_done"] and best_file.exists():
-                from safetensors.torch import load_file
-
-                best[key] = load_file(str(best_file))
-            else:
-                best[key] = {k: v.detach().clone() for k, v in student.state_dict().items()}
+        self._clock = CheckpointClock(self.checkpoint_seconds, self.checkpoint_steps)
+        best = self._best = self._load_state(students, optims)
+        state = self._state
+        self._best_saved = "checkpoint" in state  # the checkpoint just read holds them
         for epoch in range(state["epochs_done"], self.max_epoch):
             train_loss = self._epoch(students, optims, epoch)
             val_loss = self._validate(students)
@@ -225,8 +270,9 @@ class BlockRetrainer:
                 if val_loss[key] < state["best_val"].get(name, math.inf):
                     state["best_val"][name] = val_loss[key]
                     best[key] = {k: v.detach().clone() for k, v in students[key].state_dict().items()}
+                    self._best_saved = False
             state["epochs_done"] = epoch + 1
-            self._save_state(state, students, best, optims)
+            self._save_state(students, optims)
             if self.verbose:
                 mean_val = sum(val_loss.values()) / max(1, len(val_loss))
                 tqdm.write(f"epoch {epoch + 1}/{self.max_epoch}: mean held-out block MSE {mean_val:.4g}")
@@ -242,12 +288,21 @@ class BlockRetrainer:
         return state["history"]
 
     def _epoch(self, students: Dict[Key, nn.Module], optims: Dict[Key, torch.optim.Optimizer], epoch: int) -> Dict[Key, float]:
-        sums = {key: 0.0 for key in students}
-        counts = {key: 0 for key in students}
+        """One epoch of distillation, saving a checkpoint whenever the clock says so; an epoch
+        a mid-epoch checkpoint stopped in continues after the batches it had done."""
+        state = self._state
+        position = state["position"] if epoch == state["epochs_done"] else None
+        names = {key: _key_name(key) for key in students}
+        done = position["step"] if position else 0
+        sums = {key: float(position["sums"][names[key]]) if position else 0.0 for key in students}
+        counts = {key: int(position["counts"][names[key]]) if position else 0 for key in students}
         for s in students.values():
             s.train()
-        bar = tqdm(self.train_loader, desc=f"block training {epoch + 1}/{self.max_epoch}", disable=not self.verbose, leave=False)
-        n_batches = 0
+        epoch_start_rng, batches = resume_epoch(self.train_loader, done, self._rng)
+        total = len(self.train_loader) if hasattr(self.train_loader, "__len__") else None
+        bar = tqdm(batches, desc=f"block training {epoch + 1}/{self.max_epoch}", initial=done, total=total,
+                   disable=not self.verbose, leave=False)
+        n_batches = done
         for batch in bar:
             n_batches += 1
             captured = self._capture(batch)
@@ -263,8 +318,13 @@ class BlockRetrainer:
                     optims[key].step()
                     sums[key] += value
                     counts[key] += 1
+            if self._clock.step_done():
+                state["position"] = {"step": n_batches, "sums": {names[k]: v for k, v in sums.items()},
+                                     "counts": {names[k]: v for k, v in counts.items()}}
+                self._save_state(students, optims, epoch_start_rng)
         if n_batches == 0:
             raise LegoDNNError("train_loader yielded no batches; block retraining needs training data")
+        state["position"] = None
         return {key: sums[key] / max(1, counts[key]) for key in students}
 
     @torch.no_grad()
@@ -287,7 +347,7 @@ class BlockRetrainer:
 
     def _write_store(self, best: Dict[Key, Dict[str, torch.Tensor]], state: Dict[str, Any], extra: Dict[str, Any]) -> None:
         """The trained blocks directory: the compressed store's files with trained weights."""
-        atomic_write_text(self._state_dir / "history.json", json.dumps(state["history"], indent=1))
+        write_text_atomic(self._state_dir / "history.json", json.dumps(state["history"], indent=1))
         write_trained_store(self.store, self.trained_dir, best, {
             "epochs": state["epochs_done"],
             "best_val_loss": state["best_val"],

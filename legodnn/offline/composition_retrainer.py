@@ -9,17 +9,17 @@ and backward, its gradients accumulating into the descendants it uses, and one
 optimizer step follows. Only descendants change: the frame and the sparsity-0 blocks
 (the teacher's own) are frozen and stay bit-identical.
 
-It keeps the block retrainer's guarantees: a progress bar (or none), the state after
-each epoch on disk so an interrupted run resumes and ends with the same weights, a
-non-finite loss stops with a message, and the weights kept are those with the lowest
-held-out loss over a fixed set of compositions. Memory holds one batch's graph of one
-composition at a time.
+It keeps the block retrainer's guarantees: a progress bar (or none), the state on
+disk after each epoch and every ``checkpoint_seconds`` seconds or ``checkpoint_steps``
+steps within one (:mod:`~legodnn.offline.checkpoints`), so an interrupted run resumes
+and ends with the same weights, a non-finite loss stops with a message, and the
+weights kept are those with the lowest held-out loss over a fixed set of compositions.
+Memory holds one batch's graph of one composition at a time.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -32,9 +32,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..blockmanager.auto_block_manager import AutoBlockManager
-from ..blockmanager.atomic import remove_stale_temps, save_torch_atomic
-from ..blockmanager.store import atomic_write_text, claim_path, mark_work_dir, write_file_atomic
+from ..blockmanager.store import claim_path, mark_work_dir
 from ..errors import LegoDNNError
+from .checkpoints import CheckpointClock, CheckpointFolder, check_checkpoint_options, resume_epoch, set_rng_state
 from .composition import SandwichSampler, SwitchableModel, distillation_loss
 from .guards import finite_loss
 
@@ -60,8 +60,11 @@ def _key_name(key: Key) -> str:
     return f"{key[0]}@{key[1]:g}"
 
 
-def _flatten(students: Dict[Key, nn.Module]) -> Dict[str, torch.Tensor]:
-    return {f"{_key_name(k)}/{n}": v for k, m in students.items() for n, v in m.state_dict().items()}
+def _flatten(parts: Dict[Key, Any]) -> Dict[str, torch.Tensor]:
+    """Every descendant's tensors in one dict ("block_3@0.6/conv.weight"), for one file;
+    ``parts`` holds modules or their state dicts."""
+    return {f"{_key_name(k)}/{n}": v for k, m in parts.items()
+            for n, v in (m.state_dict() if isinstance(m, nn.Module) else m).items()}
 
 
 def _unflatten(tensors: Dict[str, torch.Tensor], keys: Iterable[Key]) -> Dict[Key, Dict[str, torch.Tensor]]:
@@ -100,7 +103,10 @@ class CompositionStage:
     ``state_dir`` holds the resume state; :meth:`run` returns the best weights per
     descendant and the history. State for other starting weights or options is an error,
     or, with ``restart_stale`` (the block retrainer, whose own earlier epochs made it),
-    discarded.
+    discarded. Besides the end of every epoch, a checkpoint is saved after the step that
+    ends ``checkpoint_seconds`` seconds (default 60: at most about a minute of work is
+    lost to a kill) or ``checkpoint_steps`` steps (default ``None``: by time only) since
+    the last one; these two do not change the training, so they may differ between runs.
 
     The default recipe (SGD with Nesterov momentum at 0.01, cosine to 0; descendants'
     BatchNorm following the batches; KL at temperature 2 plus the labels' cross-entropy
@@ -134,6 +140,8 @@ class CompositionStage:
         seed: int = 0,
         verbose: bool = True,
         restart_stale: bool = False,
+        checkpoint_seconds: Optional[float] = 60.0,
+        checkpoint_steps: Optional[int] = None,
     ) -> None:
         if isinstance(max_epoch, bool) or not isinstance(max_epoch, int) or max_epoch < 1:
             raise LegoDNNError(f"composition epochs must be a whole number >= 1, got {max_epoch!r}")
@@ -150,10 +158,12 @@ class CompositionStage:
             raise LegoDNNError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
         if batchnorm not in ("frozen", "train"):
             raise LegoDNNError(f"batchnorm must be 'frozen' or 'train', got {batchnorm!r}")
+        self.checkpoint_seconds, self.checkpoint_steps = check_checkpoint_options(checkpoint_seconds, checkpoint_steps)
         self.bm, self.mm = block_manager, model_manager
         self.max_epoch = max_epoch
         self.train_loader, self.val_loader = train_loader, val_loader
         self.state_dir = Path(state_dir)
+        self._checkpoints = CheckpointFolder(self.state_dir)
         self.device = device
         self.lr, self.batchnorm, self.verbose = float(lr), batchnorm, verbose
         self.feature_weight = float(feature_weight)
@@ -177,48 +187,58 @@ class CompositionStage:
                 h.update(value.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()
 
-    def _load(self, students: Dict[Key, nn.Module], optim: torch.optim.Optimizer, fingerprint: str) -> Dict[str, Any]:
-        path = self.state_dir / "state.json"
-        remove_stale_temps(self.state_dir)  # what a killed run left half-written
-        if not path.is_file():
-            return {"epochs_done": 0, "train": [], "val": [], "best_val": math.inf, "best_epoch": 0,
-                    "fingerprint": fingerprint}
-        state = json.loads(path.read_text(encoding="utf-8"))
-        if state.get("fingerprint") != fingerprint and self.restart_stale:
+    def _load(self, students: Dict[Key, nn.Module], optim: torch.optim.Optimizer, fingerprint: str
+              ) -> Dict[str, torch.Tensor]:
+        """Load the last checkpoint into ``students`` and ``optim``; returns the best weights so far.
+
+        Sets ``self._state`` (what ``state.json`` holds; fresh without a checkpoint) and
+        ``self._rng`` (the generators' states the checkpoint recorded; the global ones
+        are set to its "now", where an uninterrupted run would have them).
+        """
+        fresh = {"epochs_done": 0, "position": None, "train": [], "val": [], "best_val": math.inf, "best_epoch": 0,
+                 "fingerprint": fingerprint}
+        state = self._checkpoints.read_state()
+        self._rng: Optional[Dict[str, Any]] = None
+        if state is not None and state.get("fingerprint") != fingerprint and self.restart_stale:
             # the block epochs before this stage produced other weights: the state is ours and obsolete
             logger.info("composition-training state in %s is for other starting weights; starting over", self.state_dir)
-            path.unlink()
-            return self._load(students, optim, fingerprint)
+            self._checkpoints.discard_state()
+            state = None
+        if state is None:
+            self._state = fresh
+            return {k: v.detach().clone() for k, v in _flatten(students).items()}
         if state.get("fingerprint") != fingerprint:
             raise LegoDNNError(
                 f"{self.state_dir} holds composition-training state for other blocks, weights or options; "
                 "delete it (or choose another trained_blocks_dir) to start over"
             )
-        from safetensors.torch import load_file
-
-        last = _unflatten(load_file(str(self._epoch_file(state["epochs_done"], "last.safetensors"))), students)
+        if "files" not in state:  # written before mid-epoch checkpoints: files named by the epoch
+            state["files"] = {kind: f"epoch{state['epochs_done']}.{kind}.{ext}"
+                              for kind, ext in (("last", "safetensors"), ("best", "safetensors"), ("optim", "pt"))}
+        checkpoint = self._checkpoints.load(state)
+        last = _unflatten(checkpoint.last, students)
         for key, student in students.items():
             student.load_state_dict(last[key])
-        optim.load_state_dict(torch.load(self._epoch_file(state["epochs_done"], "optim.pt"), weights_only=True))
-        logger.info("resuming composition training after epoch %d", state["epochs_done"])
-        return state
+        optim.load_state_dict(checkpoint.optim)
+        self._rng = checkpoint.rng
+        if self._rng is not None:
+            set_rng_state(self._rng["now"], self.train_loader)
+        self._state = {**fresh, **state}
+        position = self._state["position"]
+        logger.info("resuming composition training after epoch %d%s", state["epochs_done"],
+                    f" and {position['step']} steps" if position else "")
+        return checkpoint.best
 
-    def _epoch_file(self, epoch: int, kind: str) -> Path:
-        return self.state_dir / f"epoch{epoch}.{kind}"
-
-    def _save(self, state: Dict[str, Any], students: Dict[Key, nn.Module], best: Dict[str, torch.Tensor],
-              optim: torch.optim.Optimizer) -> None:
-        """Files named by epoch, then ``state.json`` pointing at them: a kill at any point
-        leaves a state whose files all belong to the same epoch."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        epoch = state["epochs_done"]
-        write_file_atomic(self._epoch_file(epoch, "last.safetensors"), _flatten(students))
-        write_file_atomic(self._epoch_file(epoch, "best.safetensors"), best)
-        save_torch_atomic(self._epoch_file(epoch, "optim.pt"), optim.state_dict())
-        atomic_write_text(self.state_dir / "state.json", json.dumps(state, indent=1))  # marks the epoch done
-        for old in self.state_dir.glob("epoch*.*"):
-            if not old.name.startswith(f"epoch{epoch}."):
-                old.unlink()
+    def _save(self, students: Dict[Key, nn.Module], optim: torch.optim.Optimizer,
+              epoch_start_rng: Optional[Dict[str, Any]] = None) -> None:
+        """A checkpoint: the live weights, the optimizer state, ``self._state`` (epochs done,
+        history, position within the epoch) and the best weights when they changed since
+        the last one. ``epoch_start_rng``: the generators at the start of the epoch, for a
+        mid-epoch checkpoint."""
+        self._checkpoints.save(self._state, _flatten(students), None if self._best_saved else self._best,
+                               optim.state_dict(), epoch_start_rng, self.train_loader)
+        self._best_saved = True
+        self._clock.restart()
 
     # -- training -----------------------------------------------------------------
     def run(self, students: Dict[Key, nn.Module]) -> Tuple[Dict[Key, Dict[str, torch.Tensor]], CompositionHistory]:
@@ -227,13 +247,10 @@ class CompositionStage:
         params = [p for s in students.values() for p in s.parameters()]
         optim = (torch.optim.Adam(params, lr=self.lr) if self.optimizer == "adam"
                  else torch.optim.SGD(params, lr=self.lr, momentum=0.9, nesterov=True))
-        state = self._load(students, optim, fingerprint)
-        if state["epochs_done"]:
-            from safetensors.torch import load_file
-
-            best = load_file(str(self._epoch_file(state["epochs_done"], "best.safetensors")))
-        else:
-            best = {k: v.detach().clone() for k, v in _flatten(students).items()}
+        self._clock = CheckpointClock(self.checkpoint_seconds, self.checkpoint_steps)
+        self._best = self._load(students, optim, fingerprint)
+        state = self._state
+        self._best_saved = "checkpoint" in state  # the checkpoint just read holds them
         net = SwitchableModel(self.bm, students)
         validation = self.sampler.validation_set()
         try:
@@ -241,15 +258,16 @@ class CompositionStage:
                 state["best_val"] = self._validate(net, validation)  # the block-trained weights compete too
             steps = self._steps_per_epoch()
             for epoch in range(state["epochs_done"], self.max_epoch):
-                train_loss = self._epoch(net, optim, epoch, steps)
+                train_loss = self._epoch(net, optim, epoch, steps, students)
                 val_loss = self._validate(net, validation)
                 state["train"].append(train_loss)
                 state["val"].append(val_loss)
                 if val_loss < state["best_val"]:
                     state["best_val"], state["best_epoch"] = val_loss, epoch + 1
-                    best = {k: v.detach().clone() for k, v in _flatten(students).items()}
+                    self._best = {k: v.detach().clone() for k, v in _flatten(students).items()}
+                    self._best_saved = False
                 state["epochs_done"] = epoch + 1
-                self._save(state, students, best, optim)
+                self._save(students, optim)
                 if self.verbose:
                     tqdm.write(f"composition epoch {epoch + 1}/{self.max_epoch}: train loss {train_loss:.4g}, "
                                f"held-out loss {val_loss:.4g}")
@@ -257,7 +275,7 @@ class CompositionStage:
             net.restore()
         history = CompositionHistory(tuple(state["train"]), tuple(state["val"]), int(state["best_epoch"]),
                                      tuple(validation))
-        return _unflatten(best, students), history
+        return _unflatten(self._best, students), history
 
     def _steps_per_epoch(self) -> Optional[int]:
         try:
@@ -274,12 +292,19 @@ class CompositionStage:
         for group in optim.param_groups:
             group["lr"] = self.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
-    def _epoch(self, net: SwitchableModel, optim: torch.optim.Optimizer, epoch: int, steps: Optional[int]) -> float:
+    def _epoch(self, net: SwitchableModel, optim: torch.optim.Optimizer, epoch: int, steps: Optional[int],
+               students: Dict[Key, nn.Module]) -> float:
+        """One epoch, saving a checkpoint whenever the clock says so; an epoch a mid-epoch
+        checkpoint stopped in continues after the steps it had done."""
         net.train_descendants(self.batchnorm)
-        total, count = 0.0, 0
-        bar = tqdm(self.train_loader, desc=f"composition training {epoch + 1}/{self.max_epoch}",
+        state = self._state
+        position = state["position"] if epoch == state["epochs_done"] else None
+        done = position["step"] if position else 0
+        total, count = (float(position["total"]), int(position["count"])) if position else (0.0, 0)
+        epoch_start_rng, batches = resume_epoch(self.train_loader, done, self._rng)
+        bar = tqdm(batches, desc=f"composition training {epoch + 1}/{self.max_epoch}", initial=done, total=steps,
                    disable=not self.verbose, leave=False)
-        for step, batch in enumerate(bar):
+        for step, batch in enumerate(bar, done):
             target, features = self._teacher(batch)
             self._set_lr(optim, epoch, step, steps)
             optim.zero_grad(set_to_none=True)
@@ -292,8 +317,12 @@ class CompositionStage:
                 total += value
                 count += 1
             optim.step()
+            if self._clock.step_done():
+                state["position"] = {"step": step + 1, "total": total, "count": count}
+                self._save(students, optim, epoch_start_rng)
         if count == 0:
             raise LegoDNNError("train_loader yielded no batches; composition retraining needs training data")
+        state["position"] = None
         return total / count
 
     def _teacher(self, batch: Any) -> Tuple[Any, Dict[str, List[torch.Tensor]]]:
