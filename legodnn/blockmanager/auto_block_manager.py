@@ -34,7 +34,7 @@ from .specs import BlockSpec, DescendantSpec
 from .manifest import BlockEntry, FileRef, PartEntry, StoreManifest
 from .store import FRAME_FILE, BlockStore, StoreWriter, descendant_file
 from .layers import LayerRegistry, default_layers
-from .tracing import TracedPart, dummy_runner, trace_model
+from .tracing import TracedPart, dummy_runner, is_multi_input, trace_model
 
 __all__ = ["AutoBlockManager", "validate_sparsities", "dummy_runner"]
 
@@ -80,7 +80,10 @@ class AutoBlockManager:
     something to prune, chosen to cover as many parameters as possible (the original
     LegoDNN rule for block size). ``block_sparsity`` lists the fraction of each block's
     internal filters every descendant removes; 0.0, the original block, is always there.
-    ``layers`` declares custom layer types (:mod:`legodnn.blockmanager.layers`); by default
+    ``model_input_size`` is the dummy input's shape, or a tuple of shapes for a model
+    whose forward takes several tensors (each block still takes one; such a model is
+    not stored yet, since the manifest records one input shape, unless a model manager
+    makes its inputs from one shape). ``layers`` declares custom layer types (:mod:`legodnn.blockmanager.layers`); by default
     :data:`~legodnn.blockmanager.default_layers`, the registry the switcher also uses.
     """
 
@@ -89,7 +92,7 @@ class AutoBlockManager:
         block_sparsity: Sequence[float],
         model: nn.Module,
         model_manager: Any = None,
-        model_input_size: Tuple[int, ...] = (1, 3, 32, 32),
+        model_input_size: Union[Tuple[int, ...], Tuple[Tuple[int, ...], ...]] = (1, 3, 32, 32),
         compress_layer_max_ratio: float = 0.125,
         device: str = "cpu",
         verbose: bool = True,
@@ -98,13 +101,13 @@ class AutoBlockManager:
     ) -> None:
         self.block_sparsity = validate_sparsities(block_sparsity)
         check_module("model", model)
-        model_input_size = check_input_size("model_input_size", model_input_size)
+        model_input_size = _check_input_sizes(model_input_size)
         compress_layer_max_ratio = check_float("compress_layer_max_ratio", compress_layer_max_ratio, minimum=0.0,
                                                maximum=1.0, min_inclusive=False, hint="pass e.g. 0.125 (the default)")
         device = check_device("device", device)
         self.model = model.to(device)
         self.model_manager = model_manager
-        self.model_input_size = tuple(int(s) for s in model_input_size)
+        self.model_input_size = model_input_size  # one shape, or one per model input
         self.compress_layer_max_ratio = float(compress_layer_max_ratio)
         self.device = device
         self.verbose = verbose
@@ -143,7 +146,8 @@ class AutoBlockManager:
         except Exception as exc:  # the dummy forward itself failed: wrong input size, usually
             raise LegoDNNError(
                 f"running the model on a dummy input of size {self.model_input_size} failed "
-                f"({type(exc).__name__}: {exc}); check model_input_size (N, C, H, W) and the device"
+                f"({type(exc).__name__}: {exc}); check model_input_size (N, C, H, W), or one such shape per "
+                "input for a model whose forward takes several tensors, and the device"
             ) from exc
         if parts[0].path:
             logger.info("traced parts: %s", ", ".join(p.path for p in parts))
@@ -395,16 +399,50 @@ class AutoBlockManager:
             compress_layer_max_ratio=self.compress_layer_max_ratio,
             max_convs_per_block=self.max_convs_per_block,
             coverage_conv_params=self.coverage,
-            parts=tuple(PartEntry(p.path, tuple(p.example_input.shape)) for p in self.parts),
+            parts=tuple(PartEntry(p.path, _shape_of(p.example_inputs)) for p in self.parts),
             frame=frame,
             blocks=tuple(BlockEntry(spec, tuple(per_block[spec.name])) for spec in self.blocks),
         )
+        if is_multi_input(self.model_input_size):
+            _check_manifest_round_trip(manifest)
         return manifest, all_desc
 
 
 #: modules whose output shape :meth:`AutoBlockManager.compose` has checked, with the
 #: (input, output) shapes they passed for; weak, so a checked module can still be freed
 _SHAPES_CHECKED: "weakref.WeakKeyDictionary[nn.Module, set]" = weakref.WeakKeyDictionary()
+
+
+def _check_input_sizes(value: Any) -> Union[Tuple[int, ...], Tuple[Tuple[int, ...], ...]]:
+    """``model_input_size`` checked: one shape (batch first), or a tuple of shapes for a
+    model whose forward takes several tensors (each checked the same way)."""
+    if isinstance(value, (tuple, list)) and value and is_multi_input(value):
+        return tuple(check_input_size(f"model_input_size[{i}]", s) for i, s in enumerate(value))
+    return check_input_size("model_input_size", value)
+
+
+def _shape_of(inputs: Sequence[torch.Tensor]) -> Tuple[int, ...]:
+    """A part's example input shape for the manifest, which records one per part: that of
+    its first input. It is for reading only (a reader traces the part again from the
+    dummy run, which gives it every input), so a part with several inputs, fed by a
+    model manager, still stores."""
+    return tuple(inputs[0].shape)
+
+
+def _check_manifest_round_trip(manifest: StoreManifest) -> None:
+    """A model with several inputs is stored only where the manifest can read back its
+    input shapes (one per input); otherwise refuse before the store is committed rather
+    than write one that no reader can open."""
+    try:
+        back = StoreManifest.from_json(manifest.to_json())
+        ok = back.model_input_size == manifest.model_input_size and back.parts == manifest.parts
+    except Exception:
+        ok = False
+    if not ok:
+        raise LegoDNNError(
+            f"the blocks directory format records one input shape per model, and this model takes "
+            f"{len(manifest.model_input_size)} inputs {manifest.model_input_size}: its blocks can be found, "
+            "pruned and composed in memory (get_descendant, compose), but not stored yet")
 
 
 def _provisional_spec(part: str, region: Region) -> BlockSpec:

@@ -55,6 +55,20 @@ def constant_nodes(graph: fx.Graph) -> Set[fx.Node]:
     return consts
 
 
+class _InputsRoot:
+    """The virtual node above the placeholders of a graph with several inputs.
+
+    Dominators need one root; with it, a block's entry still has to dominate its exit,
+    so blocks take one tensor even in a two-input model. It is no tensor, so no block
+    starts at it.
+    """
+
+    op = "root"
+    name = "<inputs>"
+    target = None
+    meta: Dict[str, object] = {}
+
+
 def _dominators(order: List[fx.Node], preds: Dict[fx.Node, List[fx.Node]], root: fx.Node) -> Dict[fx.Node, fx.Node]:
     """Immediate dominators on a DAG given in topological order (Cooper-Harvey-Kennedy)."""
     index = {n: i for i, n in enumerate(order)}
@@ -90,10 +104,18 @@ def find_candidate_regions(
     index = {n: i for i, n in enumerate(order)}
     placeholders = [n for n in order if n.op == "placeholder"]
     output = next(n for n in order if n.op == "output")
-    if len(placeholders) != 1:
+    if not placeholders:
         return []
-    source = placeholders[0]
     preds = {n: [i for i in n.all_input_nodes if i not in consts] for n in order}
+    if len(placeholders) == 1:
+        source = placeholders[0]
+    else:  # several model inputs: dominance is counted from one root above them all
+        source = _InputsRoot()
+        order.insert(0, source)  # type: ignore[arg-type]
+        index = {n: i for i, n in enumerate(order)}
+        preds[source] = []
+        for ph in placeholders:
+            preds[ph] = [source]
     succs: Dict[fx.Node, List[fx.Node]] = {n: [] for n in order}
     for n in order:
         for p in preds[n]:

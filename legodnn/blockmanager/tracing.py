@@ -4,7 +4,8 @@ Standard layers stay leaf modules, so a conv subclass is one node we can prune r
 than a tangle of ``F.conv2d`` calls on parameters; so do the custom layer types a
 :class:`~.layers.LayerRegistry` declares. When the whole model does not trace
 (torchvision's detectors loop over a list of images), the largest submodules that
-take one tensor and hold prunable layers are traced instead; the rest stays as it is.
+take tensors and hold prunable layers are traced instead; the rest stays as it is. A
+model or part whose forward takes several tensors is traced with one placeholder each.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import inspect
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import fx, nn
@@ -21,7 +22,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 from ..errors import TraceError
 from .layers import CONV_TYPES, PRUNABLE_TYPES, LayerRegistry, default_layers
 
-__all__ = ["TracedPart", "LegoTracer", "trace_model", "dummy_runner", "PRUNABLE_TYPES", "CONV_TYPES"]
+__all__ = ["TracedPart", "LegoTracer", "trace_model", "dummy_runner", "is_multi_input", "PRUNABLE_TYPES",
+           "CONV_TYPES"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,25 +47,32 @@ class TracedPart:
 
     path: str
     graph_module: fx.GraphModule
-    example_input: torch.Tensor
+    example_input: Union[torch.Tensor, Tuple[torch.Tensor, ...]]  # a tuple for a part with several inputs
+
+    @property
+    def example_inputs(self) -> Tuple[torch.Tensor, ...]:
+        """The example input(s) as a tuple, one tensor per placeholder."""
+        x = self.example_input
+        return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
 
 def _count_prunable(module: nn.Module, layers: LayerRegistry) -> int:
     return sum(layers.is_prunable(m) for m in module.modules())
 
 
-def _concrete_args(module: nn.Module) -> Optional[Dict[str, Any]]:
-    """Defaults of every argument after the first, so fx sees a one-input function.
+def _concrete_args(module: nn.Module, n_inputs: int = 1) -> Optional[Dict[str, Any]]:
+    """Defaults of every argument after the first ``n_inputs``, so fx sees a function of
+    exactly the tensors it was called with.
 
-    Returns None when some later argument has no default (the module needs more than one
-    input and cannot be a single-input part).
+    Returns None when some later argument has no default (the module needs more inputs
+    than it was given) or it takes fewer than ``n_inputs``.
     """
     params = list(inspect.signature(module.forward).parameters.values())
     params = [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    if not params:
+    if len(params) < n_inputs:
         return None
     extra: Dict[str, Any] = {}
-    for p in params[1:]:
+    for p in params[n_inputs:]:
         if p.default is inspect.Parameter.empty:
             return None
         extra[p.name] = p.default
@@ -83,11 +92,18 @@ def _flat_tensors(value: Any) -> List[torch.Tensor]:
     return []
 
 
-def _trace_one(module: nn.Module, example: torch.Tensor, layers: LayerRegistry) -> fx.GraphModule:
-    """Trace ``module`` for one tensor input, annotate shapes, check it matches eager."""
-    concrete = _concrete_args(module)
+def _trace_one(module: nn.Module, example: Any, layers: LayerRegistry) -> fx.GraphModule:
+    """Trace ``module`` for its tensor input(s), annotate shapes, check it matches eager.
+
+    ``example`` is one tensor, or a tuple of tensors for a module whose forward takes
+    several (a two-image model): each becomes a placeholder; blocks inside still take
+    one tensor each (the region finder sees one graph input above all placeholders).
+    """
+    examples = tuple(example) if isinstance(example, (tuple, list)) else (example,)
+    concrete = _concrete_args(module, len(examples))
     if concrete is None:
-        raise TraceError(f"{type(module).__name__}.forward takes more than one required input")
+        raise TraceError(f"{type(module).__name__}.forward takes more required inputs than the "
+                         f"{len(examples)} tensor(s) it is called with")
     tracer = LegoTracer(layers)
     # fx stores tensor constants (e.g. a FrozenBatchNorm's eps tensor or a torch.tensor
     # built in forward) as new `_tensor_constant<i>` attributes *on the traced module*;
@@ -101,18 +117,18 @@ def _trace_one(module: nn.Module, example: torch.Tensor, layers: LayerRegistry) 
         for name in set(vars(module)) - before:
             if name.startswith("_tensor_constant"):
                 delattr(module, name)
-    # concrete_args leave guard nodes for the fixed arguments; keep only the tensor input
+    # concrete_args leave guard nodes for the fixed arguments; keep only the tensor inputs
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    for ph in placeholders[1:]:
+    for ph in placeholders[len(examples):]:
         if ph.users:
-            raise TraceError("the traced graph uses an argument other than the input tensor")
+            raise TraceError("the traced graph uses an argument other than the input tensors")
         gm.graph.erase_node(ph)
     gm.graph.eliminate_dead_code()
     gm.recompile()
     with torch.no_grad():
-        ShapeProp(gm).propagate(example)
-        expected = _flat_tensors(module(example))
-        got = _flat_tensors(gm(example))
+        ShapeProp(gm).propagate(*examples)
+        expected = _flat_tensors(module(*examples))
+        got = _flat_tensors(gm(*examples))
     if len(expected) != len(got) or any(
         e.shape != g.shape or not torch.equal(e, g) for e, g in zip(expected, got)
     ):
@@ -163,7 +179,11 @@ def trace_model(
             return _trace_parts(model, run_dummy, layers)
         try:
             inputs = _capture_inputs(model, list(paths), run_dummy)
-            return [TracedPart(p, _trace_one(model.get_submodule(p), inputs[p][0][0], layers), inputs[p][0][0]) for p in paths]
+            parts = []
+            for p in paths:
+                example = _example_of(inputs[p][0])
+                parts.append(TracedPart(p, _trace_one(model.get_submodule(p), example, layers), example))
+            return parts
         except Exception as exc:
             raise TraceError(f"cannot trace the parts {list(paths)} of this model: {exc}") from exc
     finally:
@@ -181,16 +201,17 @@ def _trace_parts(model: nn.Module, run_dummy: Callable[[], Any], layers: LayerRe
             module = model.get_submodule(path)
             if path in inputs:
                 args, kwargs = inputs[path]
-                if len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
+                if args and not kwargs and all(isinstance(a, torch.Tensor) for a in args):
+                    example = _example_of(args)
                     try:
-                        gm = _trace_one(module, args[0], layers)
+                        gm = _trace_one(module, example, layers)
                     except Exception as exc:  # any fx failure means: look deeper
                         failures[path or "<model>"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
                     else:
-                        parts.append(TracedPart(path, gm, args[0].detach()))
+                        parts.append(TracedPart(path, gm, example))
                         continue
                 else:
-                    failures[path or "<model>"] = "takes something other than one tensor"
+                    failures[path or "<model>"] = "takes something other than tensors"
             for name, child in module.named_children():
                 if layers.is_prunable(child) or layers.is_leaf(child) or _count_prunable(child, layers) == 0:
                     continue
@@ -213,10 +234,28 @@ def _trace_parts(model: nn.Module, run_dummy: Callable[[], Any], layers: LayerRe
     return parts
 
 
+def _example_of(args: Sequence[Any]) -> Any:
+    """The recorded positional inputs as one tensor, or a tuple of tensors if several."""
+    tensors = tuple(a.detach() for a in args)
+    return tensors[0] if len(tensors) == 1 else tensors
+
+
+def is_multi_input(model_input_size: Any) -> bool:
+    """Whether ``model_input_size`` is a tuple of shapes (one per model input), not one shape."""
+    return len(model_input_size) > 0 and isinstance(model_input_size[0], (tuple, list, torch.Size))
+
+
 def dummy_runner(
-    model: nn.Module, model_manager: Any, model_input_size: Tuple[int, ...], device: str
+    model: nn.Module, model_manager: Any, model_input_size: Any, device: str
 ) -> Callable[[], Any]:
-    """A function that runs the model once on a dummy input, via the model manager if any."""
+    """A function that runs the model once on a dummy input, via the model manager if any.
+
+    ``model_input_size`` is one shape, or a tuple of shapes for a model whose forward
+    takes several tensors (each gets a random tensor, passed positionally in order). A
+    model manager gets ``model_input_size`` as it is and makes its own inputs.
+    """
     if model_manager is not None:
         return lambda: model_manager.dummy_forward_to_gen_mid_data(model, model_input_size, device)
+    if is_multi_input(model_input_size):
+        return lambda: model(*(torch.rand(tuple(s), device=device) for s in model_input_size))
     return lambda: model(torch.rand(model_input_size, device=device))
