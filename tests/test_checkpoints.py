@@ -279,6 +279,36 @@ def test_state_from_before_mid_epoch_checkpoints_resumes(setup, tmp_path: Path) 
         ["history.json", "state.json"]
 
 
+def test_composition_state_from_before_mid_epoch_checkpoints_resumes(setup, tmp_path: Path) -> None:
+    """Composition state written by earlier versions (files named by the epoch) is read and replaced."""
+    root = setup
+    model, mm = build("functional"), CommonModelManager()
+    bm = AutoBlockManager(SPARSITIES, model, mm, SIZE, verbose=False)
+
+    def run(loss_fn: Callable) -> Any:
+        return CompositionRetrainer(model, bm, mm, str(root / "straight"), str(tmp_path / "t"), 2, train_loader(),
+                                    val_batches(), verbose=False, loss_fn=loss_fn).train_all_compositions()
+
+    sampler = SandwichSampler(tuple(SPARSITIES), 3, num_random=2, seed=0)
+    validation = len(sampler.validation_set())
+    with pytest.raises(Interrupt):  # at the first step of epoch 2
+        run(dying_after(validation + sum(len(sampler.sample(0, i)) for i in range(BATCHES)) + validation + 1,
+                        distillation_loss))
+    folder = tmp_path / "t" / "training" / "composition"
+    state = json.loads((folder / "state.json").read_text())
+    assert state["epochs_done"] == 1
+    for kind, name in state.pop("files").items():
+        if kind == "rng":
+            (folder / name).unlink()
+        else:
+            (folder / name).rename(folder / f"epoch1.{kind}.{name.rsplit('.', 1)[1]}")
+    del state["checkpoint"], state["position"]
+    (folder / "state.json").write_text(json.dumps(state))
+    history = run(distillation_loss)
+    assert len(history.train) == 2 and history.train[0] == state["train"][0]  # epoch 1 was not redone
+    assert_only_named(folder)
+
+
 def test_checkpoint_options_are_checked(setup, tmp_path: Path) -> None:
     root = setup
     model, mm = build("functional"), CommonModelManager()
