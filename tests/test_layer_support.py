@@ -414,7 +414,6 @@ TWO_SHAPES = ((1, 3, 16, 16), (1, 1, 16, 16))
 
 
 def test_two_input_model_blocks_take_one_tensor() -> None:
-
     model = TwoInputNet().eval()
     bm = AutoBlockManager(SPARSITIES, model, None, TWO_SHAPES, 0.34, verbose=False)
     assert bm.model_input_size == TWO_SHAPES

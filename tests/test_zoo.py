@@ -1,0 +1,130 @@
+"""Models people bring from torchvision and timm, as a new user would: random weights,
+small inputs, sparsities [0, .3, .6, .8] at ratio 0.125.
+
+Each named model either passes every check (sparsity 0 is the model bit for bit, a
+random composition of descendants runs and gives finite outputs of the right shapes,
+all-0.8 has fewer parameters) with at least its recorded conv coverage, or is refused
+with the legodnn error recorded for it. The coverage floors are today's values rounded
+down: a drop is a regression, a rise means the floor can go up. The non-slow part
+stays under about a minute on one busy core; the rest is marked slow.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable, Dict, NamedTuple, Optional
+
+import pytest
+import torch
+from torch import nn
+from zoo import _randomize_bn, flat_outputs
+
+from legodnn import AutoBlockManager, LegoDNNError, NoBlocksError
+from legodnn.blockmanager.measure import count_params
+
+SPARSITIES = [0.0, 0.3, 0.6, 0.8]
+
+
+class Entry(NamedTuple):
+    build: Callable[[], nn.Module]
+    size: int  # input height = width
+    coverage: float  # the least share of conv parameters inside blocks
+    slow: bool = False
+    refused: Optional[type] = None  # the error it is refused with, if it is
+
+
+def tv(name: str, **kw: Any) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import torchvision
+
+        return getattr(torchvision.models, name)(num_classes=10, **kw)
+
+    return build
+
+
+def tm(name: str, **kw: Any) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        timm = pytest.importorskip("timm")
+        return timm.create_model(name, pretrained=False, num_classes=10, **kw)
+
+    return build
+
+
+ZOO: Dict[str, Entry] = {
+    # torchvision
+    "tv_resnet18": Entry(tv("resnet18"), 64, 0.98),
+    "tv_mobilenet_v3_small": Entry(tv("mobilenet_v3_small"), 64, 0.99),
+    "tv_shufflenet_v2_x0_5": Entry(tv("shufflenet_v2_x0_5"), 64, 0.99),
+    "tv_squeezenet1_1": Entry(tv("squeezenet1_1"), 64, 0.99),
+    "tv_efficientnet_b0": Entry(tv("efficientnet_b0"), 64, 0.99, slow=True),
+    "tv_regnet_x_400mf": Entry(tv("regnet_x_400mf"), 64, 0.99, slow=True),
+    "tv_regnet_y_400mf": Entry(tv("regnet_y_400mf"), 64, 0.99, slow=True),
+    "tv_mnasnet0_5": Entry(tv("mnasnet0_5"), 64, 0.99),
+    # channels-last blocks (permute, LayerNorm, Linear on (N, H, W, C)): not handled yet
+    "tv_convnext_tiny": Entry(tv("convnext_tiny"), 64, 0.0, slow=True, refused=NoBlocksError),
+    "tv_swin_t": Entry(tv("swin_t"), 64, 0.0, slow=True, refused=NoBlocksError),
+    # timm
+    "tm_resnet18d": Entry(tm("resnet18d"), 64, 0.98),
+    "tm_mobilenetv3_large_100": Entry(tm("mobilenetv3_large_100"), 64, 0.99),
+    "tm_efficientnet_b0": Entry(tm("efficientnet_b0"), 64, 0.99),
+    "tm_regnetx_002": Entry(tm("regnetx_002"), 64, 0.99),
+    "tm_dla34": Entry(tm("dla34"), 64, 0.97),
+    "tm_nf_resnet26": Entry(tm("nf_resnet26"), 64, 0.8),  # ScaledStdConv2d with gains
+    "tm_convnext_atto": Entry(tm("convnext_atto"), 64, 0.99),  # conv MLPs
+    "tm_ese_vovnet19b_dw": Entry(tm("ese_vovnet19b_dw"), 64, 0.54),  # one-shot aggregation
+    "tm_levit_128s": Entry(tm("levit_128s", img_size=64), 64, 0.99),  # non-persistent buffers
+    "tm_resnet26d": Entry(tm("resnet26d"), 64, 0.8, slow=True),
+    "tm_mobilenetv3_small_100": Entry(tm("mobilenetv3_small_100"), 64, 0.99),
+    "tm_ghostnet_100": Entry(tm("ghostnet_100"), 64, 0.97, slow=True),
+    "tm_cspresnet50": Entry(tm("cspresnet50"), 64, 0.99, slow=True),
+    "tm_rexnet_100": Entry(tm("rexnet_100"), 64, 0.99),
+    "tm_dpn68": Entry(tm("dpn68"), 64, 0.99, slow=True),
+    "tm_tresnet_m": Entry(tm("tresnet_m"), 64, 0.99, slow=True),
+    "tm_hrnet_w18_small": Entry(tm("hrnet_w18_small"), 64, 0.43),  # multi-resolution fusion
+    # split + concat and re-parameterisable branches: barely pruned yet (issue 14)
+    "tm_res2net50_26w_4s": Entry(tm("res2net50_26w_4s"), 64, 0.0, slow=True),
+    "tm_resnest14d": Entry(tm("resnest14d"), 64, 0.43, slow=True),
+    "tm_repvgg_a2": Entry(tm("repvgg_a2"), 64, 0.25, slow=True),
+    "tm_mobilevit_xxs": Entry(tm("mobilevit_xxs"), 64, 0.09, slow=True),
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small inputs gain nothing from a second thread, and lose much when the cores are busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _run(model: nn.Module, x: torch.Tensor) -> list:
+    with torch.no_grad():
+        return flat_outputs(model(x))
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if e.slow else n for n, e in ZOO.items()])
+def test_zoo_model(name: str) -> None:
+    entry = ZOO[name]
+    torch.manual_seed(0)
+    model = entry.build().eval()
+    _randomize_bn(model)
+    input_size = (1, 3, entry.size, entry.size)
+    if entry.refused is not None:
+        with pytest.raises(entry.refused) as info:
+            AutoBlockManager(SPARSITIES, model, None, input_size, verbose=False)
+        assert isinstance(info.value, LegoDNNError) and len(str(info.value)) > 40  # says what and why
+        return
+    bm = AutoBlockManager(SPARSITIES, model, None, input_size, verbose=False)
+    assert bm.coverage >= entry.coverage, f"{name}: coverage {bm.coverage:.3f} < {entry.coverage}"
+    torch.manual_seed(1)
+    x = torch.rand((2,) + input_size[1:])
+    reference = _run(model, x)
+    exact = _run(bm.compose({s.name: bm.get_descendant(s.name, 0.0) for s in bm.blocks}), x)
+    assert len(exact) == len(reference) and all(torch.equal(a, b) for a, b in zip(exact, reference))
+    rng = random.Random(name)
+    mixed = _run(bm.compose({s.name: bm.get_descendant(s.name, rng.choice(SPARSITIES)) for s in bm.blocks}), x)
+    assert [o.shape for o in mixed] == [r.shape for r in reference]
+    assert all(torch.isfinite(o).all() for o in mixed)
+    smallest = bm.compose({s.name: bm.get_descendant(s.name, 0.8) for s in bm.blocks})
+    assert count_params(smallest) < count_params(model)
