@@ -26,7 +26,7 @@ from ..blockmanager.auto_block_manager import AutoBlockManager
 from ..blockmanager.atomic import write_text_atomic
 from ..blockmanager.store import claim_path, mark_work_dir, sparsity_tag
 from ..errors import LegoDNNError
-from ..validation import check_device, check_first_batch, check_int
+from ..validation import check_device, check_first_batch, check_int, warn_if_ignored_teacher
 from .capture import capture_block_io
 from .checkpoints import CheckpointClock, CheckpointFolder, check_checkpoint_options, resume_epoch, set_rng_state
 from .guards import finite_loss
@@ -110,6 +110,7 @@ class BlockRetrainer:
             hint="pass None (automatic), 0 (block distillation only) or a whole number of epochs")
         device = check_device("device", device)
         self.checkpoint_seconds, self.checkpoint_steps = check_checkpoint_options(checkpoint_seconds, checkpoint_steps)
+        warn_if_ignored_teacher("teacher_model", teacher_model, block_manager)
         self.teacher = teacher_model
         self.block_manager = block_manager
         self.model_manager = model_manager
