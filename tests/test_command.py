@@ -362,3 +362,14 @@ def test_help_examples_parse(command) -> None:
         assert argv[:2] == ["legodnn", command.name], line
         args = build_parser().parse_args(argv[1:])
         assert args.run is command.run
+
+
+def test_docs_examples_parse() -> None:
+    """Every ``legodnn ...`` command line in docs/cli.md is one the parser accepts."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```\n")[1::2]]
+    lines = [line for b in blocks for line in b.replace("\\\n", " ").splitlines() if line.startswith("legodnn ")]
+    assert {line.split()[1] for line in lines} == {c.name for c in COMMANDS}
+    for line in lines:
+        args = build_parser().parse_args(shlex.split(line)[1:])
+        assert callable(args.run), line

@@ -33,7 +33,8 @@ MODEL = """--model cv_tasks:cifar_resnet18 --model-kwargs '{"base_width": 8}'"""
 WEIGHTS = "--weights runs/cli/teacher.safetensors"
 
 EXTRACT_EXAMPLES = f"""examples:
-  legodnn extract {MODEL} --sparsities 0,0.3,0.6 --out runs/cli/blocks
+  legodnn extract {MODEL} \\
+      {WEIGHTS} --sparsities 0,0.3,0.6 --out runs/cli/blocks
   legodnn extract --model torchvision:resnet18 --input-size 1,3,224,224 --out runs/resnet18/blocks
 """
 

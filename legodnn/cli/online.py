@@ -32,18 +32,18 @@ LATENCY_EXAMPLES = f"""examples:
 """
 
 OPTIMIZE_EXAMPLES = f"""examples:
-  legodnn optimize {MODEL} --blocks runs/cli/trained --max-memory-mb 0.2,0.4 --plot
+  legodnn optimize {MODEL} --blocks runs/cli/trained --max-memory-mb 0.35,0.5 --plot
   legodnn optimize {MODEL} --blocks runs/cli/trained --sweep 8 --out runs/cli/picks.json
 """
 
 SERVE_EXAMPLES = f"""examples:
-  legodnn serve {MODEL} --blocks runs/cli/trained --memory-fraction 0.01 --duration 5
-  legodnn serve {MODEL} --blocks runs/cli/trained --max-latency-ms 2 --duration inf
+  legodnn serve {MODEL} --blocks runs/cli/trained --max-memory-mb 0.4 --duration 5
+  legodnn serve {MODEL} --blocks runs/cli/trained --max-latency-ms 1.7 --duration inf
 """
 
 EXPORT_EXAMPLES = f"""examples:
   legodnn export-onnx {MODEL} --blocks runs/cli/trained --sparsities 0.3 --out runs/cli/model.onnx
-  legodnn export-onnx {MODEL} --blocks runs/cli/trained --max-memory-mb 0.3 --out runs/cli/small.onnx
+  legodnn export-onnx {MODEL} --blocks runs/cli/trained --max-memory-mb 0.4 --out runs/cli/small.onnx
 """
 
 
