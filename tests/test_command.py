@@ -373,3 +373,18 @@ def test_docs_examples_parse() -> None:
     for line in lines:
         args = build_parser().parse_args(shlex.split(line)[1:])
         assert callable(args.run), line
+
+
+@pytest.mark.parametrize("spec, kwargs, cls, size", [
+    ("cv_tasks:cifar_resnet18", {"base_width": 8}, "CifarResNet", (1, 3, 32, 32)),
+    ("cv_tasks:get_model", {"name": "cifar_densenet_tiny"}, "CifarDenseNet", (1, 3, 32, 32)),  # the first CLI's form
+    ("torchvision:resnet18", {"num_classes": 10}, "ResNet", (1, 3, 224, 224)),
+    ("timm:resnet18", {"num_classes": 10}, "ResNet", (1, 3, 224, 224)),
+])
+def test_named_models(spec, kwargs, cls, size) -> None:
+    from legodnn.cli.models import build_model, default_input_size
+
+    pytest.importorskip(spec.partition(":")[0])
+    model = build_model(spec, kwargs)
+    assert type(model).__name__ == cls and not model.training
+    assert default_input_size(spec, model) == size

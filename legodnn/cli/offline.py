@@ -10,7 +10,6 @@ never load them.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from .args import (
 )
 from .models import block_manager_for, default_input_size, model_from_args, set_threads
 
-__all__ = ["need_matplotlib", "note", "extract_arguments", "extract", "retrain_arguments", "retrain",
+__all__ = ["need_matplotlib", "extract_arguments", "extract", "retrain_arguments", "retrain",
            "profile_arguments", "profile"]
 
 MODEL = """--model cv_tasks:cifar_resnet18 --model-kwargs '{"base_width": 8}'"""
@@ -47,12 +46,6 @@ PROFILE_EXAMPLES = f"""examples:
   legodnn profile {MODEL} \\
       {WEIGHTS} --blocks runs/cli/trained --data digits --plot
 """
-
-
-def note(args: argparse.Namespace, text: str) -> None:
-    """A progress message on stderr (stdout keeps the results), silenced by ``--quiet``."""
-    if not args.quiet:
-        print(text, file=sys.stderr)
 
 
 def need_matplotlib(args: argparse.Namespace) -> None:
