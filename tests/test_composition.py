@@ -285,3 +285,11 @@ def test_profiler_fits_the_estimate_and_the_optimizer_uses_it(setup, tmp_path: P
     assert not (work / "accuracy_estimate.json").exists()
     with pytest.raises(LegoDNNError, match="whole number"):
         profiler.profile_all_blocks(num_compositions=-1)
+
+
+def test_validation_set_of_a_small_model_is_finite() -> None:
+    """Two blocks at 0 and 0.5 have three compositions with a descendant: all of them, no endless draw."""
+    from legodnn.offline.composition import SandwichSampler
+
+    assert sorted(SandwichSampler((0.0, 0.5), 2).validation_set()) == [(0.0, 0.5), (0.5, 0.0), (0.5, 0.5)]
+    assert SandwichSampler((0.0, 0.5), 1).validation_set() == [(0.5,)]

@@ -131,7 +131,9 @@ class SandwichSampler:
         """Fixed compositions that pick the best epoch: every level and ``num_random`` random ones."""
         rng = random.Random(f"{self.seed}:validation")
         out: List[Config] = [(s,) * self.num_blocks for s in self.levels]
-        while len(out) < len(self.levels) + num_random:
+        # a small model has few distinct compositions (2 blocks at 0 and 0.5: 3 in all): ask for no more
+        distinct = len(set(self.sparsities)) ** self.num_blocks - 1
+        while len(out) < min(len(self.levels) + num_random, distinct):
             config = tuple(rng.choice(self.sparsities) for _ in range(self.num_blocks))
             if any(s > 0 for s in config) and config not in out:
                 out.append(config)
