@@ -473,3 +473,148 @@ def test_two_input_model_through_a_model_manager(tmp_path: Path) -> None:
         built = _outputs(bm.compose({b.name: bm.get_descendant(b.name, s) for b in bm.blocks}), x)
         assert torch.equal(out[0], built[0])
     assert torch.equal(out[0], reference[0])
+
+
+# ------------------------------------------------------------------ channels-last sections
+
+
+class ChannelsLastBlock(nn.Module):
+    """A ConvNeXt block: depthwise conv, then (N, H, W, C) LayerNorm -> Linear(C, 4C) ->
+    GELU -> Linear(4C, C) -> back to (N, C, H, W), a layer scale and a residual."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(c, c, 3, padding=1, groups=c)
+        self.norm = nn.LayerNorm(c)
+        self.fc1 = nn.Linear(c, 4 * c)
+        self.fc2 = nn.Linear(4 * c, c)
+        self.gamma = nn.Parameter(torch.rand(c, 1, 1) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dw(x).permute(0, 2, 3, 1)
+        y = self.fc2(F.gelu(self.fc1(self.norm(y))))
+        return x + self.gamma * y.permute(0, 3, 1, 2)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an (N, C, H, W) tensor, as torchvision's and timm's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias,
+                            self.eps).permute(0, 3, 1, 2)
+
+
+class TinyConvNeXt(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 16, 2, stride=2)
+        self.stem_norm = LayerNorm2d(16)
+        self.blocks = nn.Sequential(ChannelsLastBlock(16), ChannelsLastBlock(16))
+        self.tokens = nn.Linear(16, 32)  # on (N, L, C) tokens: channels-last too
+        self.head = nn.Linear(32, 5)
+        for m in self.modules():
+            if isinstance(m, nn.LayerNorm):
+                nn.init.normal_(m.weight)
+                nn.init.normal_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem_norm(self.stem(x)))
+        t = F.gelu(self.tokens(x.flatten(2).transpose(1, 2)))  # (N, HW, 32)
+        return self.head(t.mean(1))
+
+
+def test_channels_last_hidden_width_is_pruned(tmp_path: Path) -> None:
+    """ConvNeXt-style blocks: the 4C hidden width of each MLP is pruned (both Linears
+    and nothing else), the LayerNorm over the residual channels is left whole, and the
+    model goes through the store and the switcher."""
+    model = TinyConvNeXt()
+    bm = roundtrip(model, (1, 3, 8, 8), tmp_path, ratio=0.5, fresh=TinyConvNeXt())
+    plans = {s.name: bm.pruning_plan(s.name, 0.6) for s in bm.blocks}
+    pruned = {layer for plan in plans.values() for layer in plan}
+    assert {"blocks.0.fc1", "blocks.1.fc1"} <= pruned and not pruned & {"blocks.0.fc2", "blocks.1.fc2"}
+    for spec in bm.blocks:
+        block = bm.get_descendant(spec.name, 0.6)
+        for i in (0, 1):
+            if f"blocks.{i}.fc1" in plans[spec.name]:
+                kept = len(plans[spec.name][f"blocks.{i}.fc1"])
+                fc1 = block.get_submodule(f"blocks.{i}.fc1")
+                fc2 = block.get_submodule(f"blocks.{i}.fc2")
+                norm = block.get_submodule(f"blocks.{i}.norm")
+                assert (fc1.out_features, fc2.in_features, fc2.out_features) == (kept, kept, 16) and kept < 64
+                assert norm.normalized_shape == (16,) and norm.weight.shape == (16,)
+
+
+def test_channels_last_layer_norm_over_pruned_channels() -> None:
+    """Channels-last channels that are internal to a block (a Linear's filters) carry
+    their LayerNorm along: weight and bias keep the kept channels, normalized_shape shrinks."""
+    torch.manual_seed(0)
+    lin1, norm, lin2 = nn.Linear(8, 24), nn.LayerNorm(24), nn.Linear(24, 8)
+    nn.init.normal_(norm.weight)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 1)
+            self.lin1, self.norm, self.lin2 = lin1, norm, lin2
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.lin2(F.relu(self.norm(self.lin1(self.conv(x).permute(0, 2, 3, 1)))))
+            return y.permute(0, 3, 1, 2)
+
+    model = Net().eval()
+    bm = AutoBlockManager(SPARSITIES, model, None, (1, 3, 4, 4), 1.0, verbose=False)
+    (spec,) = bm.blocks
+    x = torch.rand(2, 3, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(bm.get_descendant(spec.name, 0.0)(x), model(x))
+    plan = bm.pruning_plan(spec.name, 0.6)
+    keep = torch.tensor(plan["lin1"])
+    block = bm.get_descendant(spec.name, 0.6)
+    assert block.norm.normalized_shape == (10,) and torch.equal(block.norm.weight, norm.weight.detach()[keep])
+    assert block.lin2.weight.shape == (8, 10) and torch.equal(block.lin2.weight, lin2.weight.detach()[:, keep])
+    assert "conv" in plan and block.lin1.weight.shape[1] == len(plan["conv"])  # conv filters, read channels-last
+    with torch.no_grad():
+        assert block(x).shape == (2, 8, 4, 4)
+
+
+def test_layer_norm_2d_and_pools_on_channels_last_stay_whole() -> None:
+    """A LayerNorm subclass that permutes inside normalises dim 1: it is not taken for a
+    LayerNorm over the last dim. A pool applied to a channels-last tensor mixes the
+    channels with W: they are frozen."""
+    from legodnn import NoBlocksError
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 1), LayerNorm2d(8), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(8, 4, 1)).eval()
+    bm = AutoBlockManager(SPARSITIES, net, None, (1, 3, 6, 6), 1.0, verbose=False)
+    plan = bm.pruning_plan(bm.block_names[0], 0.6)
+    assert "0" not in plan and "2" in plan  # the filters the LayerNorm2d normalises stay
+    with torch.no_grad():
+        assert bm.get_descendant(bm.block_names[0], 0.6)(torch.rand(1, 3, 6, 6)).shape == (1, 4, 6, 6)
+
+    class PoolLast(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = F.max_pool2d(self.a(x).permute(0, 2, 3, 1), 3, 1, 1)  # pools over (W, C)
+            return self.b(y.permute(0, 3, 1, 2))
+
+    with pytest.raises(NoBlocksError):  # a's filters are all that could go, and they are frozen
+        AutoBlockManager(SPARSITIES, PoolLast().eval(), None, (1, 3, 6, 6), 1.0, verbose=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, size", [("convnext_tiny", 64), ("swin_t", 64)])
+def test_torchvision_channels_last_models_through_the_store(name: str, size: int, tmp_path: Path) -> None:
+    """torchvision ConvNeXt and Swin (refused with NoBlocksError before channels-last
+    sections were followed) through extraction and the switcher."""
+    torchvision = pytest.importorskip("torchvision")
+
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        return getattr(torchvision.models, name)(num_classes=10).eval()
+
+    roundtrip(build(), (1, 3, size, size), tmp_path, ratio=0.125, fresh=build())

@@ -26,9 +26,19 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # the names for type checkers and editors; at run time they load on use
     from .auto_block_manager import AutoBlockManager as AutoBlockManager  # noqa: F401
+    from .layers import (  # noqa: F401
+        LayerRegistry as LayerRegistry,
+        LeafLayer as LeafLayer,
+        default_layers as default_layers,
+        register_leaf as register_leaf,
+        slice_channels as slice_channels,
+    )
+    from .manifest import StoreManifest as StoreManifest  # noqa: F401
+    from .partition import Partition as Partition  # noqa: F401
     from .specs import BlockSpec as BlockSpec, DescendantSpec as DescendantSpec  # noqa: F401
     from .store import BlockStore as BlockStore, StoreWriter as StoreWriter  # noqa: F401
-    from .switcher import BlockSwitcher as BlockSwitcher, LegoModel as LegoModel, SwitchResult as SwitchResult  # noqa: F401
-    from .partition import Partition as Partition  # noqa: F401
-    from .manifest import StoreManifest as StoreManifest  # noqa: F401
-    from .layers import LayerRegistry as LayerRegistry, LeafLayer as LeafLayer, default_layers as default_layers, register_leaf as register_leaf, slice_channels as slice_channels  # noqa: F401
+    from .switcher import (  # noqa: F401
+        BlockSwitcher as BlockSwitcher,
+        LegoModel as LegoModel,
+        SwitchResult as SwitchResult,
+    )

@@ -7,7 +7,7 @@ import math
 import numbers
 import time
 import weakref
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import fx, nn
@@ -25,15 +25,15 @@ from ..errors import (
 from ..validation import check_device, check_float, check_input_size, check_module
 from .channels import ChannelAnalysis, analyze_channels
 from .fingerprint import architecture_fingerprint
+from .layers import LayerRegistry, default_layers
 from .loading import load_descendant
+from .manifest import BlockEntry, FileRef, PartEntry, StoreManifest
 from .measure import count_bytes, count_flops, count_params
 from .partition import Partition, extract_block
 from .pruning import build_descendant, plan_pruning
 from .regions import Region, find_candidate_regions, select_regions
 from .specs import BlockSpec, DescendantSpec
-from .manifest import BlockEntry, FileRef, PartEntry, StoreManifest
 from .store import FRAME_FILE, BlockStore, StoreWriter, descendant_file
-from .layers import LayerRegistry, default_layers
 from .tracing import TracedPart, dummy_runner, is_multi_input, trace_model
 
 __all__ = ["AutoBlockManager", "validate_sparsities", "dummy_runner"]

@@ -5,7 +5,14 @@ a *source*, the output of a conv/linear layer (its filters) or the block input. 
 join channels (a residual add, a depthwise conv, BatchNorm) merge atoms into one
 coupling class; a concat lays its inputs' atoms side by side; flatten repeats them. A
 class is prunable when none of its atoms is frozen: the block input and output keep
-their shapes, and any op we do not understand freezes what it touches. Pruning then
+their shapes, and any op we do not understand freezes what it touches.
+
+Channels usually sit on dim 1. A *channels-last* section (ConvNeXt and Swin blocks:
+``permute`` to (N, H, W, C), LayerNorm and ``Linear`` layers acting as pointwise convs,
+``permute`` back) is followed too: each layout remembers the dim its channels are on,
+``permute``/``transpose`` move it, a ``Linear`` reads and writes the last dim, and
+element-wise ops keep it. Ops that are only understood on dim 1 (convs, BatchNorm,
+pooling, views, reductions) freeze channels found elsewhere. Pruning then
 removes whole classes, so the block stays consistent by construction. Grouped convs and
 GroupNorm also ask for *balanced* pruning: the same number of classes goes from each of
 their groups.
@@ -46,6 +53,24 @@ _PASSTHROUGH_FUNCTIONS = {
     F.adaptive_max_pool3d, F.interpolate, F.pad, torch.clone, operator.neg, torch.neg,
     torch.exp, torch.abs,
 }
+#: passthroughs that act on spatial dims (right only when the channels are on dim 1)
+_SPATIAL_MODULES = (
+    nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,  # these drop whole channels of dim 1
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+    nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
+    nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
+    nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReplicationPad1d, nn.ReplicationPad2d,
+)
+_SPATIAL_FUNCTIONS = {
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate, F.pad, F.dropout2d, F.dropout3d,  # (channels of dim 1)
+}
+#: LayerNorm classes known to normalise the last dims exactly as nn.LayerNorm does (a
+#: subclass may permute inside, as the LayerNorm2d of torchvision and timm do)
+_PLAIN_LAYER_NORMS = {"timm.layers.norm.LayerNorm"}
 _PASSTHROUGH_METHODS = {
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "contiguous", "clone",
     "float", "half", "double", "to", "type_as", "detach", "neg", "exp", "abs", "clamp",
@@ -58,6 +83,19 @@ _BINARY = {
 }
 _BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
 _REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
+
+
+def _is_stochastic_depth(fn: Any) -> bool:
+    """torchvision.ops.stochastic_depth (fx-wrapped, so a graph call): it drops whole
+    samples or rows, every channel alike."""
+    return getattr(fn, "__name__", "") == "stochastic_depth" and getattr(fn, "__module__", "").startswith(
+        "torchvision.")
+
+
+def _is_plain_layer_norm(m: nn.Module) -> bool:
+    cls = type(m)
+    return isinstance(m, nn.LayerNorm) and (
+        cls.forward is nn.LayerNorm.forward or f"{cls.__module__}.{cls.__qualname__}" in _PLAIN_LAYER_NORMS)
 _REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
 
 
@@ -116,13 +154,17 @@ class PruneGroup:
 class ChannelAnalysis:
     """Result of :func:`analyze_channels` on one block."""
 
-    layouts: Dict[str, np.ndarray]  # node name -> class id of each channel (dim 1)
+    layouts: Dict[str, np.ndarray]  # node name -> class id of each channel (on dim 1, or as in axes)
     sources: Dict[str, _Source]
     class_of_atom: np.ndarray
     class_importance: np.ndarray
     groups: List[PruneGroup]
     flatten_views: List[str] = field(default_factory=list)  # view/reshape nodes to rewrite
     layers: LayerRegistry = field(default_factory=lambda: default_layers)  # custom leaves it was made with
+    axes: Dict[str, int] = field(default_factory=dict)  # node name -> the dim of its channels, if not 1
+
+    def axis_of(self, node_name: str) -> int:
+        return self.axes.get(node_name, 1)
 
     def atoms_of(self, source: str) -> np.ndarray:
         s = self.sources[source]
@@ -154,6 +196,8 @@ class _Analyzer:
         self.frozen: List[bool] = []
         self.sources: Dict[str, _Source] = {}
         self.layouts: Dict[fx.Node, np.ndarray] = {}
+        self.axes: Dict[fx.Node, int] = {}  # the dim the layout's channels are on, where not 1
+        self.untracked_inputs: set = set()  # Linear layers that read channels we do not follow
         self.balanced: List[List[np.ndarray]] = []
         self.module_inputs: Dict[str, np.ndarray] = {}
         self.flatten_views: List[str] = []
@@ -183,6 +227,9 @@ class _Analyzer:
     def layout(self, arg: Any) -> Optional[np.ndarray]:
         return self.layouts.get(arg) if isinstance(arg, fx.Node) else None
 
+    def axis(self, arg: Any) -> int:
+        return self.axes.get(arg, 1)
+
     def tensor_inputs(self, node: fx.Node) -> List[np.ndarray]:
         return [self.layouts[n] for n in node.all_input_nodes if n in self.layouts]
 
@@ -205,13 +252,17 @@ class _Analyzer:
             elif node.op == "get_attr":
                 continue
             else:
-                out = self.visit(node)
+                out, axis = self.visit(node), 1
+                if isinstance(out, tuple):  # (layout, dim of its channels)
+                    out, axis = out
                 shape = _shape(node)
-                if out is not None and shape is not None and len(shape) >= 2:
-                    if len(out) != shape[1]:  # our model of the op disagrees with reality
+                if out is not None and shape is not None and len(shape) >= 2 and axis < len(shape):
+                    if len(out) != shape[axis]:  # our model of the op disagrees with reality
                         self.freeze(out)
-                        out = self.frozen_output(node)
+                        out, axis = self.frozen_output(node), 1
                     self.layouts[node] = out
+                    if axis != 1:
+                        self.axes[node] = axis
                 elif out is not None:
                     self.freeze(out)
 
@@ -224,7 +275,9 @@ class _Analyzer:
             return self.visit_method(node, node.target)
         return self.opaque(node)
 
-    def passthrough(self, node: fx.Node) -> Optional[np.ndarray]:
+    def passthrough(self, node: fx.Node, spatial: bool = False) -> Any:
+        """An op that keeps every channel where it is: element-wise, or (``spatial``) a
+        pool, pad or resize over the dims after dim 1."""
         x = node.args[0] if node.args else None
         lay = self.layout(x)
         if lay is None:
@@ -232,15 +285,27 @@ class _Analyzer:
         for other in node.all_input_nodes[1:]:
             self.freeze(self.layouts.get(other))
         in_shape, out_shape = _shape(x), _shape(node)
-        if out_shape is None or len(out_shape) < 2 or out_shape[1] != in_shape[1]:
+        axis = self.axis(x)
+        if axis != 1 and (spatial or out_shape is None or len(out_shape) != len(in_shape)):
+            return self.opaque(node)
+        if out_shape is None or len(out_shape) < 2 or out_shape[axis] != in_shape[axis]:
             self.freeze(lay)
             return self.frozen_output(node)
-        return lay
+        return lay, axis
 
     def visit_module(self, node: fx.Node, m: nn.Module) -> Optional[np.ndarray]:
         x = node.args[0] if node.args else None
         lay = self.layout(x)
         if len(node.all_input_nodes) != 1 or node.kwargs or lay is None:
+            return self.opaque(node)
+        axis = self.axis(x)
+        if isinstance(m, nn.Linear) and self.layers.lookup(m) is None:
+            return self.visit_linear(node, m, lay, axis)
+        if _is_plain_layer_norm(m) and self.layers.lookup(m) is None:
+            return self.visit_layer_norm(node, m, lay, axis)
+        if axis != 1:  # what follows is understood with the channels on dim 1 only
+            if isinstance(m, _PASSTHROUGH_MODULES) and not isinstance(m, _SPATIAL_MODULES):
+                return self.passthrough(node)
             return self.opaque(node)
         entry = self.layers.lookup(m)
         if entry is not None:  # a registered custom layer: its declared rule wins
@@ -258,11 +323,6 @@ class _Analyzer:
             return self.opaque(node)
         if isinstance(m, nn.modules.conv._ConvNd):
             return self.visit_conv(node, m, lay)
-        if isinstance(m, nn.Linear):
-            if len(_shape(x)) != 2:
-                return self.opaque(node)
-            self.consume(node, lay)
-            return self.layer_source(node, m, m.out_features)
         if isinstance(m, nn.modules.batchnorm._NormBase):  # BatchNorm and InstanceNorm
             return lay
         if isinstance(m, nn.GroupNorm):
@@ -270,9 +330,36 @@ class _Analyzer:
         if isinstance(m, nn.PReLU) and m.num_parameters > 1:
             return lay
         if isinstance(m, _PASSTHROUGH_MODULES) or (isinstance(m, nn.PReLU) and m.num_parameters == 1):
-            return self.passthrough(node)
+            return self.passthrough(node, spatial=isinstance(m, _SPATIAL_MODULES))
         if isinstance(m, nn.Flatten):
             return self.flatten(node, lay, m.start_dim, m.end_dim)
+        return self.opaque(node)
+
+    def visit_linear(self, node: fx.Node, m: nn.Linear, lay: np.ndarray, axis: int) -> Any:
+        """A Linear maps the last dim: its filters are new channels there. It reads our
+        channels when they are on the last dim ((N, C), or (N, H, W, C) in a
+        channels-last section); channels on another dim pass through it position by
+        position, untracked from here on, so they are frozen."""
+        in_shape, out_shape = _shape(node.args[0]), _shape(node)
+        if out_shape is None or len(out_shape) < 2:
+            return self.opaque(node)
+        if axis == len(in_shape) - 1 and node.target not in self.untracked_inputs:
+            self.consume(node, lay)
+        else:
+            self.freeze(lay)
+            self.untracked_inputs.add(node.target)  # every call reads its input whole
+            self.freeze(self.module_inputs.get(node.target))
+        return self.layer_source(node, m, m.out_features), len(out_shape) - 1
+
+    def visit_layer_norm(self, node: fx.Node, m: nn.LayerNorm, lay: np.ndarray, axis: int) -> Any:
+        """A LayerNorm over the last dims. Channels on a dim it does not normalise pass
+        through; over exactly our channels (channels-last) it is sliced with them, its
+        statistics then taken over the kept channels (as for GroupNorm with one group)."""
+        nd, k = len(_shape(node.args[0])), len(m.normalized_shape)
+        if axis < nd - k:
+            return lay, axis
+        if k == 1 and axis == nd - 1:
+            return lay, axis
         return self.opaque(node)
 
     def consume(self, node: fx.Node, lay: np.ndarray) -> None:
@@ -322,6 +409,8 @@ class _Analyzer:
         return lay
 
     def flatten(self, node: fx.Node, lay: np.ndarray, start: int, end: int) -> Optional[np.ndarray]:
+        if self.axis(node.args[0]) != 1:
+            return self.opaque(node)
         in_shape = _shape(node.args[0])
         nd = len(in_shape)
         start, end = start % nd, end % nd
@@ -337,6 +426,7 @@ class _Analyzer:
         if out_shape is None or len(out_shape) < 2:
             return self.opaque(node)
         full: List[np.ndarray] = []
+        axes = set()
         for arg in list(node.args) + list(node.kwargs.values()):
             if not isinstance(arg, fx.Node):
                 continue
@@ -346,15 +436,17 @@ class _Analyzer:
                 continue  # scalars and python numbers broadcast harmlessly
             if lay is None or len(shape) != len(out_shape):
                 return self.opaque(node)  # a constant tensor or odd broadcast: keep it all
-            if shape[1] == out_shape[1]:
+            axis = self.axis(arg)
+            axes.add(axis)
+            if shape[axis] == out_shape[axis]:
                 full.append(lay)
-            elif shape[1] != 1:
+            elif shape[axis] != 1:
                 return self.opaque(node)
-        if not full:
+        if not full or len(axes) > 1:  # channels on different dims: keep them all
             return self.opaque(node)
         for other in full[1:]:
             self.unite(full[0], other)
-        return full[0]
+        return full[0], axes.pop()
 
     def cat(self, node: fx.Node) -> Optional[np.ndarray]:
         tensors = node.args[0] if node.args else node.kwargs.get("tensors")
@@ -363,17 +455,38 @@ class _Analyzer:
         if not isinstance(tensors, (list, tuple)) or out_shape is None or len(out_shape) < 2:
             return self.opaque(node)
         lays = [self.layout(t) for t in tensors]
-        if any(lay is None for lay in lays):
+        axes = {self.axis(t) for t in tensors}
+        if any(lay is None for lay in lays) or len(axes) > 1:
             return self.opaque(node)
-        if dim % len(out_shape) == 1:
-            return np.concatenate(lays)
+        axis = axes.pop()
+        if dim % len(out_shape) == axis:
+            return np.concatenate(lays), axis
         for other in lays[1:]:
             self.unite(lays[0], other)
-        return lays[0]
+        return lays[0], axis
+
+    def permute(self, node: fx.Node, dims: Any) -> Any:
+        """``permute``/``transpose``: the channels move to the dim their old dim goes to."""
+        x = node.args[0]
+        lay, in_shape = self.layout(x), _shape(x)
+        if lay is None or in_shape is None or not all(isinstance(d, int) for d in dims):
+            return self.opaque(node)
+        dims = [d % len(in_shape) for d in dims]
+        if sorted(dims) != list(range(len(in_shape))):
+            return self.opaque(node)
+        return lay, dims.index(self.axis(x))
+
+    def transpose(self, node: fx.Node, d0: Any, d1: Any) -> Any:
+        shape = _shape(node.args[0])
+        if shape is None or not isinstance(d0, int) or not isinstance(d1, int):
+            return self.opaque(node)
+        dims = list(range(len(shape)))
+        dims[d0 % len(shape)], dims[d1 % len(shape)] = dims[d1 % len(shape)], dims[d0 % len(shape)]
+        return self.permute(node, dims)
 
     def reduce(self, node: fx.Node, dims: Any) -> Optional[np.ndarray]:
         in_shape = _shape(node.args[0])
-        if dims is None or in_shape is None:
+        if dims is None or in_shape is None or self.axis(node.args[0]) != 1:
             return self.opaque(node)
         dims = [dims] if isinstance(dims, int) else list(dims)
         if any(not isinstance(d, int) for d in dims):
@@ -385,7 +498,7 @@ class _Analyzer:
     def view(self, node: fx.Node) -> Optional[np.ndarray]:
         x = node.args[0]
         in_shape, out_shape, lay = _shape(x), _shape(node), self.layout(x)
-        if in_shape is None or out_shape is None or lay is None or len(in_shape) < 2:
+        if in_shape is None or out_shape is None or lay is None or len(in_shape) < 2 or self.axis(x) != 1:
             return self.opaque(node)
         if len(out_shape) == 2 and out_shape[0] == in_shape[0] and out_shape[1] == int(np.prod(in_shape[1:])):
             self.flatten_views.append(node.name)
@@ -403,8 +516,13 @@ class _Analyzer:
         return self.opaque(node)
 
     def visit_function(self, node: fx.Node, fn: Any) -> Optional[np.ndarray]:
-        if fn in _PASSTHROUGH_FUNCTIONS:
-            return self.passthrough(node)
+        if fn in _PASSTHROUGH_FUNCTIONS or _is_stochastic_depth(fn):
+            return self.passthrough(node, spatial=fn in _SPATIAL_FUNCTIONS)
+        if fn is torch.permute:
+            dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dims")
+            return self.permute(node, dims) if isinstance(dims, (list, tuple)) else self.opaque(node)
+        if fn is torch.transpose and len(node.args) == 3:
+            return self.transpose(node, node.args[1], node.args[2])
         if fn in _BINARY:
             return self.binary(node)
         if fn is torch.cat or fn is torch.concat:
@@ -428,6 +546,13 @@ class _Analyzer:
             return None
         if name in _PASSTHROUGH_METHODS:
             return self.passthrough(node)
+        if name == "permute":
+            dims = node.args[1:]
+            if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+                dims = dims[0]
+            return self.permute(node, dims) if dims else self.opaque(node)
+        if name == "transpose" and len(node.args) == 3:
+            return self.transpose(node, node.args[1], node.args[2])
         if name in _BINARY_METHODS:
             return self.binary(node)
         if name in ("view", "reshape"):
@@ -488,6 +613,7 @@ class _Analyzer:
             groups=groups,
             flatten_views=self.flatten_views,
             layers=self.layers,
+            axes={n.name: a for n, a in self.axes.items()},
         )
 
     def _balanced_parts(self, classes: List[int], class_of_atom: np.ndarray) -> Optional[List[List[int]]]:

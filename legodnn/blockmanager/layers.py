@@ -147,11 +147,13 @@ class LayerRegistry:
 
         ``slicer(module, keep_in, keep_out)`` cuts a module in place to the kept channel
         indices (CPU ``torch.long`` tensors): it replaces the parameters and buffers with
-        the kept slices (:func:`slice_channels` makes them) and updates size attributes. It also runs on meta tensors (the switcher builds the
-        architecture before loading the weights), so it must slice, not compute from
-        values. A ``"channelwise"`` layer's default slicer cuts every parameter and buffer
-        of the layer itself whose leading dim is the channel count; a ``"conv"`` layer
-        must give one.
+        the kept slices (:func:`slice_channels` makes them) and updates size attributes.
+        It also runs on meta tensors (the switcher builds the architecture before loading
+        the weights), so it must slice, not compute from values. A ``"channelwise"``
+        layer's default slicer cuts every parameter and buffer of the layer itself whose
+        leading dim is the channel count; a ``"conv"`` layer must give one. Custom layers
+        are understood with their channels on dim 1 only (in a channels-last section
+        they are kept whole).
         """
         if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
             raise ArgumentTypeError(f"register a torch.nn.Module subclass (the class itself), got {cls!r}")

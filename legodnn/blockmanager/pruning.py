@@ -188,14 +188,24 @@ def build_descendant(
         if len(keep_in) == len(in_lay) and len(keep_out) == len(out_lay):
             continue
         done.add(node.target)
+        in_axis, out_axis = analysis.axis_of(in_node.name), analysis.axis_of(node.name)
+        last = len(getattr(node.meta.get("tensor_meta"), "shape", ())) - 1  # the node's last dim
         entry = analysis.layers.lookup(m)
         if entry is not None:  # a registered custom layer: its own slicer
             if entry.channel_rule != "opaque":
                 entry.slice(m, keep_in, keep_out, len(in_lay))
+        elif isinstance(m, nn.Linear):  # reads the last dim; channels elsewhere are not its inputs
+            if in_axis != last:
+                keep_in = np.arange(m.in_features)
+            _slice_linear(m, keep_in, keep_out)
+        elif isinstance(m, nn.LayerNorm):  # sliced only when it normalises exactly our channels
+            if out_axis == last and tuple(m.normalized_shape) == (len(out_lay),):
+                _slice_channelwise(m, keep_out)
+                m.normalized_shape = (len(keep_out),)
+        elif in_axis != 1 or out_axis != 1:
+            continue  # the analysis froze it: nothing to cut
         elif isinstance(m, nn.modules.conv._ConvNd):
             _slice_conv(m, keep_in, keep_out)
-        elif isinstance(m, nn.Linear):
-            _slice_linear(m, keep_in, keep_out)
         elif isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.PReLU)):
             _slice_channelwise(m, keep_out)
     for node in new.graph.nodes:
