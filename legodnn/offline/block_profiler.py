@@ -3,6 +3,10 @@
 One pass over the test set: per batch, the teacher runs once with every frame value
 recorded; each candidate (block, sparsity) then runs only from its block onward
 (:mod:`replay`). The original paid a full test pass per candidate.
+
+Under ``torchrun`` (:mod:`~legodnn.offline.distributed`) each rank scores its shard of
+the test set and the metric accumulators are combined, so the profile is the one a
+single process measures; rank 0 writes the files.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from .accuracy_fit import (
     fit_accuracy_model,
     sample_compositions,
 )
+from .distributed import batch_len, combine_accumulators, current_ranks, shard_loader
 from .profiles import BlockProfile, ModelProfile
 from .replay import RecordingRun, ReplayFrom
 
@@ -103,6 +108,12 @@ class BlockProfiler:
     """Profile every descendant in ``trained_blocks_dir`` on ``test_loader``.
 
     Writes ``block_profile.json`` and ``block_profile.csv`` into ``trained_blocks_dir``.
+
+    With a ``torch.distributed`` process group of several ranks (``torchrun``) the test
+    set is sharded, without repeating samples, unless ``data_parallel=False``; every
+    rank returns the same profile and rank 0 writes it. A model manager without
+    ``metric_accumulator()`` is scored by whole passes over the full test set, the
+    candidates shared out among the ranks.
     """
 
     def __init__(
@@ -115,6 +126,8 @@ class BlockProfiler:
         model_input_size: Sequence[int],
         device: str = "cpu",
         verbose: bool = True,
+        *,
+        data_parallel: bool = True,
     ) -> None:
         model_input_size = check_input_size("model_input_size", model_input_size)
         device = check_device("device", device)
@@ -123,10 +136,12 @@ class BlockProfiler:
         self.model_manager = model_manager
         self.trained_dir = Path(trained_blocks_dir)
         self.store = block_manager.open_store(str(trained_blocks_dir))
-        self.test_loader = test_loader
+        self.ranks = current_ranks(data_parallel, device)
+        self.full_test_loader = test_loader
+        self.test_loader = shard_loader(test_loader, self.ranks, train=False)
         self.model_input_size = tuple(model_input_size)
         self.device = device
-        self.verbose = verbose
+        self.verbose = verbose and self.ranks.is_main
         self.metric_name = getattr(model_manager, "metric_name", "accuracy")
 
     def _check_data(self) -> None:
@@ -157,9 +172,7 @@ class BlockProfiler:
         if self._accumulator() is None:  # no per-batch metric: full passes, as the original did
             logger.warning("%s has no metric_accumulator(): profiling with one full test pass per candidate",
                            type(mm).__name__)
-            teacher = mm.get_model_acc(bm.teacher, self.test_loader, self.device)
-            return teacher, {k: mm.get_model_acc(bm.compose(c), self.test_loader, self.device)
-                             for k, c in configs.items()}, -1
+            return self._score_by_passes(configs)
         frame = bm.teacher
         can_replay = replay and isinstance(frame, fx.GraphModule)
         teacher_acc = mm.metric_accumulator()
@@ -180,10 +193,24 @@ class BlockProfiler:
                 teacher_acc.update(mm.forward_to_gen_mid_data(recording, batch, self.device), batch)
                 for k, runner in runners.items():
                     accs[k].update(mm.forward_to_gen_mid_data(runner, batch, self.device), batch)
-                samples += _batch_len(batch)
+                samples += batch_len(batch)
+        samples = int(self.ranks.sum_floats([samples], "counting the test samples")[0])
         if samples == 0:
             raise LegoDNNError("test_loader yielded no batches; profiling needs test data")
-        return teacher_acc.compute(), {k: a.compute() for k, a in accs.items()}, samples
+        combined = combine_accumulators(self.ranks, {"teacher": teacher_acc, **{("config", k): a for k, a in accs.items()}},
+                                        mm.metric_accumulator)
+        return combined["teacher"].compute(), {k: combined[("config", k)].compute() for k in accs}, samples
+
+    def _score_by_passes(self, configs: Dict[Any, Dict[str, nn.Module]]) -> Tuple[float, Dict[Any, float], int]:
+        """Teacher and candidates scored by ``get_model_acc`` over the whole test set; with
+        several ranks each scores every ``world_size``-th of them and all gather the results."""
+        bm, mm = self.block_manager, self.model_manager
+        jobs: List[Tuple[Any, Optional[Dict[str, nn.Module]]]] = [("teacher", None)]
+        jobs += [(("config", k), c) for k, c in configs.items()]
+        mine = {key: mm.get_model_acc(bm.teacher if c is None else bm.compose(c), self.full_test_loader, self.device)
+                for key, c in jobs[self.ranks.rank::self.ranks.world_size]}
+        scores = {k: v for part in self.ranks.all_gather(mine, "gathering the scores") for k, v in part.items()}
+        return scores["teacher"], {k: scores[("config", k)] for k in configs}, -1
 
     def profile_all_blocks(self, num_compositions: int = 24, seed: int = 0) -> ModelProfile:
         """Measure every (block, sparsity) and write the profile files.
@@ -232,6 +259,18 @@ class BlockProfiler:
             blocks=tuple(rows),
             weights_digest=self.store.weights_digest,
         )
+        if self.ranks.is_main:
+            self._write_profile(profile, teacher_metric, metrics, compositions)
+        self.ranks.barrier("waiting for rank 0 to write the profile")
+        if self.verbose:
+            tqdm.write(f"profiled {len(descendants)} descendants in {time.perf_counter() - start:.1f} s; "
+                       f"teacher {self.metric_name} {teacher_metric:.4f}")
+        return profile
+
+    def _write_profile(self, profile: ModelProfile, teacher_metric: float, metrics: Dict[Any, float],
+                       compositions: Sequence[Tuple[float, ...]]) -> None:
+        """The profile files and the accuracy estimate fitted on the measured compositions."""
+        bm = self.block_manager
         profile.save(self.trained_dir)
         estimate_path = self.trained_dir / ACCURACY_ESTIMATE_JSON
         if compositions:
@@ -243,10 +282,6 @@ class BlockProfiler:
             dataclasses.replace(fitted, weights_digest=self.store.weights_digest).save(self.trained_dir)
         elif estimate_path.exists():
             estimate_path.unlink()  # an estimate fitted on other weights must not outlive them
-        if self.verbose:
-            tqdm.write(f"profiled {len(descendants)} descendants in {time.perf_counter() - start:.1f} s; "
-                       f"teacher {self.metric_name} {teacher_metric:.4f}")
-        return profile
 
     def validate_accuracy_model(self, num_compositions: int = 10, seed: int = 0) -> AccuracyModelReport:
         """Compare the accuracy estimates with the measured metric of new random compositions.
@@ -278,9 +313,16 @@ class BlockProfiler:
         report = AccuracyModelReport(tuple(configs), tuple(estimated), tuple(measured[i] for i in range(len(configs))),
                                      tuple(multiplicative),
                                      tuple(fitted.estimate(cfg) for cfg in configs) if fitted else ())
+        if self.ranks.is_main:
+            self._write_report(profile, report, fitted is not None)
+        self.ranks.barrier("waiting for rank 0 to write the accuracy-model report")
+        return report
+
+    def _write_report(self, profile: ModelProfile, report: AccuracyModelReport, fitted: bool) -> None:
+        """``accuracy_model.json``: the estimates against the measured compositions."""
         atomic_write_text(
             self.store.path(ACCURACY_MODEL_CHOICE),
-            json.dumps({"metric_name": profile.metric_name, "weights_digest": self.store.weights_digest, "compositions": [list(c) for c in configs],
+            json.dumps({"metric_name": profile.metric_name, "weights_digest": self.store.weights_digest, "compositions": [list(c) for c in report.compositions],
                         "estimated": list(report.estimated), "measured": list(report.measured),
                         "estimated_multiplicative": list(report.estimated_multiplicative),
                         "mean_abs_error": report.mean_abs_error, "max_abs_error": report.max_abs_error,
@@ -290,13 +332,3 @@ class BlockProfiler:
                         "max_abs_error_fitted": report.max_abs_error_fitted if fitted else None,
                         "best": report.best}, indent=1),
         )
-        return report
-
-
-def _batch_len(batch: Any) -> int:
-    first = batch[0] if isinstance(batch, (list, tuple)) else batch
-    if isinstance(first, torch.Tensor):
-        return int(first.shape[0])
-    if isinstance(first, (list, tuple)):
-        return len(first)
-    return 1

@@ -29,6 +29,7 @@ from ..errors import LegoDNNError
 from ..validation import check_device, check_first_batch, check_int, warn_if_ignored_teacher
 from .capture import capture_block_io
 from .checkpoints import CheckpointClock, CheckpointFolder, check_checkpoint_options, resume_epoch, set_rng_state
+from .distributed import current_ranks, shard_loader, start_epoch
 from .guards import finite_loss
 from .composition_retrainer import CompositionHistory, CompositionStage, _class_labels, _flatten, _key_name, _unflatten
 from .holdout import split_holdout
@@ -76,6 +77,14 @@ class BlockRetrainer:
     resumed run skips the batches already done in its epoch (it loads them without
     training on them) with the random generators restored, so it ends with exactly the
     weights and history of an uninterrupted run.
+
+    Under ``torchrun`` (a ``torch.distributed`` process group of several ranks, created
+    with legodnn's timeout when the script did not make one; see
+    :mod:`~legodnn.offline.distributed`) both stages are data-parallel unless
+    ``data_parallel=False``: each rank trains on its shard of the loaders (their batch
+    size is per rank), gradients are averaged before every optimizer step, held-out
+    losses are reduced, and rank 0 alone writes the checkpoints and the store while the
+    others wait. Every rank ends with the same weights and returns the same history.
     """
 
     def __init__(
@@ -103,6 +112,7 @@ class BlockRetrainer:
         overwrite: bool = False,
         checkpoint_seconds: Optional[float] = 60.0,
         checkpoint_steps: Optional[int] = None,
+        data_parallel: bool = True,
     ) -> None:
         max_epoch = check_int("max_epoch", max_epoch, minimum=1, hint="pass a whole number of epochs, e.g. max_epoch=3")
         composition_epochs = check_int(
@@ -117,21 +127,23 @@ class BlockRetrainer:
         self.store = block_manager.open_store(compressed_blocks_dir)
         self.trained_dir = claim_path(trained_blocks_dir, self.store.fingerprint, overwrite, "trained_blocks_dir")
         self.max_epoch = int(max_epoch)
+        self.ranks = current_ranks(data_parallel, device)
         if val_loader is None:
-            train_loader, val_loader = split_holdout(train_loader)
-        self.train_loader = train_loader
-        self.val_loader = val_loader
+            train_loader, val_loader = split_holdout(train_loader)  # the same split on every rank, then sharded
+        self.train_loader = shard_loader(train_loader, self.ranks, train=True, seed=seed)
+        self.val_loader = shard_loader(val_loader, self.ranks, train=False)
         self.device = device
         self.optimizer_factory = optimizer or default_optimizer
         self.loss_fn = loss_fn or F.mse_loss
-        self.verbose = verbose
+        verbose = self.verbose = verbose and self.ranks.is_main  # one progress bar, rank 0's
         self.composition_epochs = composition_epochs
         self._composition_options = dict(lr=composition_lr, num_random=composition_samples, temperature=temperature,
                                          batchnorm=batchnorm, label_weight=label_weight, seed=seed, verbose=verbose,
                                          checkpoint_seconds=self.checkpoint_seconds,
-                                         checkpoint_steps=self.checkpoint_steps)
-        self._checkpoints = CheckpointFolder(self._state_dir)
-        CompositionStage(block_manager, model_manager, 1, train_loader, val_loader, self._state_dir / "composition",
+                                         checkpoint_steps=self.checkpoint_steps, data_parallel=data_parallel)
+        self._checkpoints = CheckpointFolder(self._state_dir, self.ranks)
+        CompositionStage(block_manager, model_manager, 1, self.train_loader, self.val_loader,
+                         self._state_dir / "composition",
                          device, **self._composition_options)  # checks the options now, not after the block epochs
         self.composition: Optional[CompositionStage] = None
         self.composition_history: Optional[CompositionHistory] = None
@@ -143,15 +155,15 @@ class BlockRetrainer:
         first batch is class scores for the batch's labels) with two thirds of
         ``max_epoch`` epochs, which costs about as much as the block epochs do; other
         tasks (detections, masks) need their own distillation loss and run it only when
-        asked, with ``composition_epochs=N``.
+        asked, with ``composition_epochs=N``. Several ranks follow rank 0's decision.
         """
         epochs = self.composition_epochs
         if epochs is None:
             batch = next(iter(self.train_loader), None)
-            if batch is None:
-                return None
-            out = self.model_manager.forward_to_gen_mid_data(self.block_manager.teacher, batch, self.device)
-            epochs = max(1, (2 * self.max_epoch) // 3) if _class_labels(out, batch) is not None else 0
+            if batch is not None:
+                out = self.model_manager.forward_to_gen_mid_data(self.block_manager.teacher, batch, self.device)
+                epochs = max(1, (2 * self.max_epoch) // 3) if _class_labels(out, batch) is not None else 0
+            epochs = self.ranks.broadcast(epochs, "deciding on the composition stage")
         if not epochs:
             return None
         return CompositionStage(self.block_manager, self.model_manager, epochs, self.train_loader, self.val_loader,
@@ -234,7 +246,7 @@ class BlockRetrainer:
                                {_key_name(key): o.state_dict() for key, o in optims.items()}, epoch_start_rng,
                                self.train_loader)
         self._best_saved = True
-        if self._legacy:
+        if self._legacy and self.ranks.is_main:
             for key in students:
                 for kind in ("last.safetensors", "best.safetensors", "optim.pt"):
                     self._file(key, kind).unlink(missing_ok=True)
@@ -253,7 +265,8 @@ class BlockRetrainer:
         bm = self.block_manager
         for name, loader in (("train_loader", self.train_loader), ("val_loader", self.val_loader)):
             check_first_batch(name, loader, self.model_manager, bm.teacher, bm.model_input_size, self.device)
-        mark_work_dir(self.trained_dir)
+        if self.ranks.is_main:
+            mark_work_dir(self.trained_dir)
         students = {key: bm.load_descendant(self.store, *key).to(self.device) for key in self._keys()}
         optims = {key: self.optimizer_factory(s.parameters()) for key, s in students.items()}
         self._clock = CheckpointClock(self.checkpoint_seconds, self.checkpoint_steps)
@@ -297,36 +310,58 @@ class BlockRetrainer:
         done = position["step"] if position else 0
         sums = {key: float(position["sums"][names[key]]) if position else 0.0 for key in students}
         counts = {key: int(position["counts"][names[key]]) if position else 0 for key in students}
+        if position and not self.ranks.is_main:  # the checkpoint's sums are over every rank: rank 0 carries them
+            sums, counts = dict.fromkeys(students, 0.0), dict.fromkeys(students, 0)
         for s in students.values():
             s.train()
+        start_epoch(self.train_loader, epoch)
         epoch_start_rng, batches = resume_epoch(self.train_loader, done, self._rng)
         total = len(self.train_loader) if hasattr(self.train_loader, "__len__") else None
         bar = tqdm(batches, desc=f"block training {epoch + 1}/{self.max_epoch}", initial=done, total=total,
                    disable=not self.verbose, leave=False)
         n_batches = done
+        modules = list(students.values())
         for batch in bar:
             n_batches += 1
             captured = self._capture(batch)
-            for key, student in students.items():
-                for x, y in captured[key[0]]:
-                    if x.numel() == 0:  # a head that saw nothing this batch (a detector with no boxes)
-                        continue
+            # a block called several times per forward (a shared head) gives several steps, one per call;
+            # every rank takes as many as the rank with the most, so the gradient all-reduces pair up
+            calls = self.ranks.max_int(max(len(c) for c in captured.values()), "agreeing on the steps of a batch")
+            for call in range(calls):
+                for key, student in students.items():
                     optims[key].zero_grad(set_to_none=True)
+                    pairs = captured[key[0]]
+                    if call >= len(pairs) or pairs[call][0].numel() == 0:  # a head that saw nothing (no boxes)
+                        continue
+                    x, y = pairs[call]
                     loss = self.loss_fn(student(x), y)
                     value = finite_loss(loss, f"block {key[0]} at sparsity {key[1]}", epoch, "optimizer=...",
                                         self._state_dir)
                     loss.backward()
-                    optims[key].step()
                     sums[key] += value
                     counts[key] += 1
-            if self._clock.step_done():
+                # descendants are independent: stepping each after all backward passes is stepping each after its own
+                for key, has_gradient in zip(students, self.ranks.average_gradients(modules)):
+                    if has_gradient:
+                        optims[key].step()
+            if self.ranks.any(self._clock.step_done(), "agreeing on a checkpoint"):
+                sums, counts = self._fold(sums, counts)
                 state["position"] = {"step": n_batches, "sums": {names[k]: v for k, v in sums.items()},
                                      "counts": {names[k]: v for k, v in counts.items()}}
                 self._save_state(students, optims, epoch_start_rng)
+                if not self.ranks.is_main:
+                    sums, counts = dict.fromkeys(students, 0.0), dict.fromkeys(students, 0)
         if n_batches == 0:
             raise LegoDNNError("train_loader yielded no batches; block retraining needs training data")
         state["position"] = None
+        sums, counts = self._fold(sums, counts)
         return {key: sums[key] / max(1, counts[key]) for key in students}
+
+    def _fold(self, sums: Dict[Key, float], counts: Dict[Key, int]) -> Tuple[Dict[Key, float], Dict[Key, int]]:
+        """Loss sums and step counts over every rank (unchanged with one process)."""
+        keys = list(sums)
+        total = self.ranks.sum_floats([sums[k] for k in keys] + [counts[k] for k in keys], "summing the losses")
+        return dict(zip(keys, total[:len(keys)])), {k: int(c) for k, c in zip(keys, total[len(keys):])}
 
     @torch.no_grad()
     def _validate(self, students: Dict[Key, nn.Module]) -> Dict[Key, float]:
@@ -342,16 +377,20 @@ class BlockRetrainer:
                         continue
                     sums[key] += float(self.loss_fn(student(x), y)) * len(x)
                     counts[key] += len(x)
+        sums, counts = self._fold(sums, counts)  # every rank's share of the held-out data
         if not any(counts.values()):
             raise LegoDNNError("the held-out loader yielded no samples; give val_loader or more training data")
         return {key: sums[key] / max(1, counts[key]) for key in students}
 
     def _write_store(self, best: Dict[Key, Dict[str, torch.Tensor]], state: Dict[str, Any], extra: Dict[str, Any]) -> None:
-        """The trained blocks directory: the compressed store's files with trained weights."""
-        write_text_atomic(self._state_dir / "history.json", json.dumps(state["history"], indent=1))
-        write_trained_store(self.store, self.trained_dir, best, {
-            "epochs": state["epochs_done"],
-            "best_val_loss": state["best_val"],
-            "loss": getattr(self.loss_fn, "__name__", type(self.loss_fn).__name__),
-            **extra,
-        })
+        """The trained blocks directory: the compressed store's files with trained weights,
+        written by rank 0; the others wait until it is there."""
+        if self.ranks.is_main:
+            write_text_atomic(self._state_dir / "history.json", json.dumps(state["history"], indent=1))
+            write_trained_store(self.store, self.trained_dir, best, {
+                "epochs": state["epochs_done"],
+                "best_val_loss": state["best_val"],
+                "loss": getattr(self.loss_fn, "__name__", type(self.loss_fn).__name__),
+                **extra,
+            })
+        self.ranks.barrier("waiting for rank 0 to write the trained store")

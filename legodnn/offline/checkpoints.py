@@ -18,6 +18,13 @@ run must then end with exactly the weights of an uninterrupted one. Two things m
   starts the loader, draws the batches already trained on (loaded, not trained: loader
   workers' own generators move on as they did) and restores the second.
 
+Under ``torch.distributed`` (:mod:`~legodnn.offline.distributed`) every rank calls the
+same methods: rank 0 alone reads ``state.json`` and sends it to the others, every rank
+loads the files it names (the folder must be on a file system every rank sees), and a
+save gathers every rank's generators to rank 0, which writes while the others wait at
+a barrier. A checkpoint taken in the middle of an epoch resumes only with as many
+ranks as took it (the position is counted in each rank's batches).
+
 Not covered: a ``DataLoader`` with ``persistent_workers=True`` keeps its workers, and
 their generators, from epoch to epoch, which a new process cannot rebuild; a resumed
 run then sees another order or other augmentations from the next epoch on.
@@ -38,6 +45,7 @@ import torch
 from ..blockmanager.atomic import remove_stale_temps, save_torch_atomic, write_tensors_atomic, write_text_atomic
 from ..errors import LegoDNNError
 from ..validation import check_float, check_int
+from .distributed import Ranks
 
 __all__ = ["Checkpoint", "CheckpointClock", "CheckpointFolder", "resume_epoch", "rng_state", "set_rng_state"]
 
@@ -51,7 +59,9 @@ _CHECKPOINT_FILE = re.compile(r"^(c|epoch)\d+\.(last|best|optim|rng)\.(safetenso
 
 def _loader_generators(loader: Any) -> List[torch.Generator]:
     """The generators a ``DataLoader`` draws its order from besides the global one: its
-    ``generator=`` and its sampler's own."""
+    ``generator=`` and its sampler's own (a loader split by batches across ranks: the
+    user's loader's)."""
+    loader = getattr(loader, "wrapped_loader", loader)
     found: List[torch.Generator] = []
     sampler = getattr(loader, "sampler", None)
     batch_sampler = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
@@ -183,35 +193,58 @@ class Checkpoint:
 class CheckpointFolder:
     """``state.json`` and the files of the checkpoint it names, in one folder.
 
-    ``state["files"]`` names the checkpoint's files (kind -> file name) and
-    ``state["checkpoint"]`` numbers it; both are kept up to date by :meth:`save`.
+    ``state["files"]`` names the checkpoint's files (kind -> file name),
+    ``state["checkpoint"]`` numbers it and ``state["world_size"]`` says how many ranks
+    took it; all are kept up to date by :meth:`save`. ``ranks``: the ranks that train
+    together (every one of them calls every method; rank 0 alone writes).
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, ranks: Ranks = Ranks()) -> None:
         self.folder = Path(folder)
+        self.ranks = ranks
 
     def read_state(self) -> Optional[Dict[str, Any]]:
         """``state.json`` of the last complete checkpoint, or ``None``; what dead writers
-        left half-written (temporary files) is removed first."""
-        remove_stale_temps(self.folder)
-        path = self.folder / STATE_FILE
-        if not path.is_file():
-            return None
-        return json.loads(path.read_text(encoding="utf-8"))
+        left half-written (temporary files) is removed first. Read by rank 0 and sent to
+        the others, so all resume from the same checkpoint."""
+        state = None
+        if self.ranks.is_main:
+            remove_stale_temps(self.folder)
+            path = self.folder / STATE_FILE
+            if path.is_file():
+                state = json.loads(path.read_text(encoding="utf-8"))
+        return self.ranks.broadcast(state, "reading the checkpoint state")
 
     def discard_state(self) -> None:
         """Forget the checkpoint (its files go with the next save)."""
-        (self.folder / STATE_FILE).unlink(missing_ok=True)
+        if self.ranks.is_main:
+            (self.folder / STATE_FILE).unlink(missing_ok=True)
 
     def load(self, state: Dict[str, Any]) -> Checkpoint:
-        """The files ``state`` names."""
+        """The files ``state`` names; ``rng`` holds this rank's generators."""
         from safetensors.torch import load_file
 
+        took = int(state.get("world_size", 1))
+        if state.get("position") and took != self.ranks.world_size:
+            raise LegoDNNError(
+                f"{self.folder} holds a checkpoint taken in the middle of an epoch by {took} process(es); resume it "
+                f"with {took} (torchrun --nproc_per_node {took}), or delete the folder to start over")
         files = state["files"]
         path = {kind: str(self.folder / name) for kind, name in files.items()}
-        rng = torch.load(path["rng"], weights_only=True) if "rng" in path else None
-        return Checkpoint(state, load_file(path["last"]), load_file(path["best"]),
-                          torch.load(path["optim"], weights_only=True), rng)
+        try:
+            rng = torch.load(path["rng"], weights_only=True) if "rng" in path else None
+            checkpoint = Checkpoint(state, load_file(path["last"]), load_file(path["best"]),
+                                    torch.load(path["optim"], weights_only=True), rng)
+        except FileNotFoundError as e:
+            if not self.ranks.distributed:
+                raise
+            raise LegoDNNError(
+                f"rank {self.ranks.rank} cannot read {e.filename}, which rank 0's {STATE_FILE} names: the training "
+                "state must be on a file system every rank sees") from e
+        per_rank = (rng or {}).get("ranks")
+        if per_rank is not None:  # taken by several ranks: this rank's own generators, rank 0's with another count
+            checkpoint.rng = per_rank[self.ranks.rank] if len(per_rank) == self.ranks.world_size else per_rank[0]
+        return checkpoint
 
     def save(self, state: Dict[str, Any], last: Mapping[str, torch.Tensor], best: Optional[Mapping[str, torch.Tensor]],
              optim: Any, epoch_start_rng: Optional[Dict[str, Any]], loader: Any = None) -> None:
@@ -222,25 +255,35 @@ class CheckpointFolder:
         rewrite them). ``epoch_start_rng`` is the generators' state at the start of the
         current epoch (``None`` at the end of one); the training ``loader``'s own
         generators are recorded too. ``state`` gets the new file names.
+
+        With several ranks, each rank's generators are gathered (the rng file holds rank
+        0's as before and every rank's under ``"ranks"``); rank 0 writes and the others
+        wait for it at a barrier, with ``state`` updated alike on every rank.
         """
-        rng = {"now": rng_state(loader), "epoch_start": epoch_start_rng}
-        self.folder.mkdir(parents=True, exist_ok=True)
+        rng: Dict[str, Any] = {"now": rng_state(loader), "epoch_start": epoch_start_rng}
+        every = self.ranks.gather(rng, "gathering the random generators for a checkpoint")
         number = int(state.get("checkpoint", 0)) + 1
         files = dict(state.get("files") or {})
         if best is None and "best" not in files:
             raise ValueError("the first checkpoint must write the best weights")
-        files["last"] = f"c{number}.last.safetensors"
-        write_tensors_atomic(self.folder / files["last"], last)
+        files.update(last=f"c{number}.last.safetensors", optim=f"c{number}.optim.pt", rng=f"c{number}.rng.pt")
         if best is not None:
             files["best"] = f"c{number}.best.safetensors"
-            write_tensors_atomic(self.folder / files["best"], best)
-        files["optim"] = f"c{number}.optim.pt"
-        save_torch_atomic(self.folder / files["optim"], optim)
-        files["rng"] = f"c{number}.rng.pt"
-        save_torch_atomic(self.folder / files["rng"], rng)
-        state["checkpoint"], state["files"] = number, files
-        write_text_atomic(self.folder / STATE_FILE, json.dumps(state, indent=1))  # the checkpoint is complete
-        keep = set(files.values())
-        for entry in self.folder.iterdir():
-            if _CHECKPOINT_FILE.match(entry.name) and entry.name not in keep:
-                entry.unlink(missing_ok=True)
+        if self.ranks.is_main:
+            if self.ranks.distributed:
+                rng["ranks"] = every
+            self.folder.mkdir(parents=True, exist_ok=True)
+            write_tensors_atomic(self.folder / files["last"], last)
+            if best is not None:
+                write_tensors_atomic(self.folder / files["best"], best)
+            save_torch_atomic(self.folder / files["optim"], optim)
+            save_torch_atomic(self.folder / files["rng"], rng)
+            state["checkpoint"], state["files"], state["world_size"] = number, files, self.ranks.world_size
+            write_text_atomic(self.folder / STATE_FILE, json.dumps(state, indent=1))  # the checkpoint is complete
+            keep = set(files.values())
+            for entry in self.folder.iterdir():
+                if _CHECKPOINT_FILE.match(entry.name) and entry.name not in keep:
+                    entry.unlink(missing_ok=True)
+        else:
+            state["checkpoint"], state["files"], state["world_size"] = number, files, self.ranks.world_size
+        self.ranks.barrier("waiting for rank 0 to write a checkpoint")

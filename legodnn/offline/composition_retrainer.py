@@ -15,6 +15,10 @@ steps within one (:mod:`~legodnn.offline.checkpoints`), so an interrupted run re
 and ends with the same weights, a non-finite loss stops with a message, and the
 weights kept are those with the lowest held-out loss over a fixed set of compositions.
 Memory holds one batch's graph of one composition at a time.
+
+Under ``torchrun`` it is data-parallel (:mod:`~legodnn.offline.distributed`): every rank
+samples the same compositions (they depend on the epoch and step alone), runs them on
+its shard of the batch, and the gradients are averaged before the step.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from ..blockmanager.store import claim_path, mark_work_dir
 from ..errors import LegoDNNError
 from .checkpoints import CheckpointClock, CheckpointFolder, check_checkpoint_options, resume_epoch, set_rng_state
 from .composition import SandwichSampler, SwitchableModel, distillation_loss
+from .distributed import batch_len, current_ranks, shard_loader, start_epoch
 from .guards import finite_loss
 
 __all__ = ["CompositionStage", "CompositionRetrainer", "CompositionHistory"]
@@ -107,6 +112,9 @@ class CompositionStage:
     ends ``checkpoint_seconds`` seconds (default 60: at most about a minute of work is
     lost to a kill) or ``checkpoint_steps`` steps (default ``None``: by time only) since
     the last one; these two do not change the training, so they may differ between runs.
+    With a process group of several ranks the stage is data-parallel unless
+    ``data_parallel=False`` (the loaders are sharded, gradients averaged, held-out
+    losses reduced; rank 0 writes the state).
 
     The default recipe (SGD with Nesterov momentum at 0.01, cosine to 0; descendants'
     BatchNorm following the batches; KL at temperature 2 plus the labels' cross-entropy
@@ -142,6 +150,7 @@ class CompositionStage:
         restart_stale: bool = False,
         checkpoint_seconds: Optional[float] = 60.0,
         checkpoint_steps: Optional[int] = None,
+        data_parallel: bool = True,
     ) -> None:
         if isinstance(max_epoch, bool) or not isinstance(max_epoch, int) or max_epoch < 1:
             raise LegoDNNError(f"composition epochs must be a whole number >= 1, got {max_epoch!r}")
@@ -161,11 +170,13 @@ class CompositionStage:
         self.checkpoint_seconds, self.checkpoint_steps = check_checkpoint_options(checkpoint_seconds, checkpoint_steps)
         self.bm, self.mm = block_manager, model_manager
         self.max_epoch = max_epoch
-        self.train_loader, self.val_loader = train_loader, val_loader
+        self.ranks = current_ranks(data_parallel, device)
+        self.train_loader = shard_loader(train_loader, self.ranks, train=True, seed=seed)  # kept if sharded already
+        self.val_loader = shard_loader(val_loader, self.ranks, train=False)
         self.state_dir = Path(state_dir)
-        self._checkpoints = CheckpointFolder(self.state_dir)
+        self._checkpoints = CheckpointFolder(self.state_dir, self.ranks)
         self.device = device
-        self.lr, self.batchnorm, self.verbose = float(lr), batchnorm, verbose
+        self.lr, self.batchnorm, self.verbose = float(lr), batchnorm, verbose and self.ranks.is_main
         self.feature_weight = float(feature_weight)
         self.restart_stale = restart_stale
         self.label_weight = label_weight if label_weight is None else float(label_weight)
@@ -300,7 +311,9 @@ class CompositionStage:
         state = self._state
         position = state["position"] if epoch == state["epochs_done"] else None
         done = position["step"] if position else 0
-        total, count = (float(position["total"]), int(position["count"])) if position else (0.0, 0)
+        # a checkpoint's sums are over every rank: rank 0 carries them on
+        total, count = (float(position["total"]), int(position["count"])) if position and self.ranks.is_main else (0.0, 0)
+        start_epoch(self.train_loader, epoch)
         epoch_start_rng, batches = resume_epoch(self.train_loader, done, self._rng)
         bar = tqdm(batches, desc=f"composition training {epoch + 1}/{self.max_epoch}", initial=done, total=steps,
                    disable=not self.verbose, leave=False)
@@ -316,14 +329,24 @@ class CompositionStage:
                 loss.backward()
                 total += value
                 count += 1
+            self.ranks.average_gradients(list(students.values()))
             optim.step()
-            if self._clock.step_done():
+            if self.ranks.any(self._clock.step_done(), "agreeing on a checkpoint"):
+                total, count = self._fold(total, count)
                 state["position"] = {"step": step + 1, "total": total, "count": count}
                 self._save(students, optim, epoch_start_rng)
+                if not self.ranks.is_main:
+                    total, count = 0.0, 0
+        total, count = self._fold(total, count)
         if count == 0:
             raise LegoDNNError("train_loader yielded no batches; composition retraining needs training data")
         state["position"] = None
         return total / count
+
+    def _fold(self, total: float, count: int) -> Tuple[float, int]:
+        """A loss sum and its count over every rank (unchanged with one process)."""
+        total, count = self.ranks.sum_floats([total, count], "summing the losses")
+        return total, int(count)
 
     def _teacher(self, batch: Any) -> Tuple[Any, Dict[str, List[torch.Tensor]]]:
         """The teacher's output and, when features count, every block's outputs."""
@@ -365,14 +388,18 @@ class CompositionStage:
 
     @torch.no_grad()
     def _validate(self, net: SwitchableModel, validation: List[Tuple[float, ...]]) -> float:
+        """Mean held-out loss over the fixed compositions, weighted by samples, so that
+        sharded data (other batches on each rank) gives one process's value."""
         net.model.eval()
         total, count = 0.0, 0
         for batch in self.val_loader:
             target = self.mm.forward_to_gen_mid_data(self.bm.teacher, batch, self.device)
+            n = batch_len(batch)
             for config in validation:
                 net.select(config)
-                total += float(self._loss(net, batch, target, {}))
-                count += 1
+                total += float(self._loss(net, batch, target, {})) * n
+                count += n
+        total, count = self._fold(total, count)
         if count == 0:
             raise LegoDNNError("the held-out loader yielded no batches; give val_loader or more training data")
         return total / count
@@ -427,12 +454,16 @@ class CompositionRetrainer:
         bm = self.block_manager
         students = {(b, s): bm.load_descendant(self.store, b, s).to(self.device)
                     for b in bm.block_names for s in bm.block_sparsity if s > 0}
-        mark_work_dir(self.target)
+        ranks = self.stage.ranks
+        if ranks.is_main:
+            mark_work_dir(self.target)
         best, history = self.stage.run(students)
-        write_trained_store(self.store, self.target, best, {
-            "composition_epochs": self.stage.max_epoch,
-            "composition_best_epoch": history.best_epoch,
-            "composition_best_val_loss": min((history.val[history.best_epoch - 1],) if history.best_epoch else (),
-                                             default=None),
-        })
+        if ranks.is_main:
+            write_trained_store(self.store, self.target, best, {
+                "composition_epochs": self.stage.max_epoch,
+                "composition_best_epoch": history.best_epoch,
+                "composition_best_val_loss": min((history.val[history.best_epoch - 1],) if history.best_epoch else (),
+                                                 default=None),
+            })
+        ranks.barrier("waiting for rank 0 to write the retrained store")
         return history
