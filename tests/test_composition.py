@@ -293,3 +293,39 @@ def test_validation_set_of_a_small_model_is_finite() -> None:
 
     assert sorted(SandwichSampler((0.0, 0.5), 2).validation_set()) == [(0.0, 0.5), (0.5, 0.0), (0.5, 0.5)]
     assert SandwichSampler((0.0, 0.5), 1).validation_set() == [(0.5,)]
+
+
+def test_batchnorm_recalibration_per_level(tmp_path: Path) -> None:
+    """Each descendant's BatchNorm ends with the plain mean of the batch statistics it saw
+    beside its own level; every other tensor, and the teacher's blocks, stay as they were."""
+    from legodnn.offline.bn_calibration import level_compositions, recalibrate_batchnorm, recalibrate_store
+    from legodnn.offline.composition import SwitchableModel
+
+    model = build("cifar_resnet18")
+    mm = CommonModelManager()
+    bm = AutoBlockManager([0.0, 0.5], model, mm, SIZE, verbose=False)
+    bm.extract_all_blocks(str(tmp_path / "compressed"))
+    batches = _batches(2, 3)
+    students = {(b, 0.5): bm.load_descendant(str(tmp_path / "compressed"), b, 0.5) for b in bm.block_names}
+    before = {k: {n: t.clone() for n, t in m.state_dict().items()} for k, m in students.items()}
+    teacher_before = {n: t.clone() for n, t in bm.teacher.state_dict().items()}
+    net = SwitchableModel(bm, students)
+    norm = next(m for m in students[(bm.block_names[-1], 0.5)].modules() if isinstance(m, torch.nn.BatchNorm2d))
+    seen = []
+    hook = norm.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().mean((0, 2, 3))))
+    used = recalibrate_batchnorm(net, level_compositions(bm), batches, lambda m, b: m(b[0]), max_batches=5)
+    hook.remove()
+    net.restore()
+    assert used == 2 and len(seen) == 2
+    assert torch.allclose(norm.running_mean, torch.stack(seen).mean(0), atol=1e-6)
+    assert norm.momentum == 0.1 and not norm.training
+    for key, m in students.items():
+        for name, t in m.state_dict().items():
+            if "running_" not in name and "num_batches" not in name:
+                assert torch.equal(t, before[key][name]), name
+    assert all(torch.equal(t, teacher_before[n]) for n, t in bm.teacher.state_dict().items())
+
+    assert recalibrate_store(bm, mm, str(tmp_path / "compressed"), str(tmp_path / "bn"), batches) == 2
+    recalibrated = bm.load_descendant(str(tmp_path / "bn"), bm.block_names[-1], 0.5)
+    bn = next(m for m in recalibrated.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert torch.allclose(bn.running_mean, norm.running_mean, atol=1e-6)
