@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple, Union
 
 from .blockmanager.atomic import write_bytes_atomic
+from .errors import InvalidArgumentError
 
 if TYPE_CHECKING:  # the profile types, for annotations only: importing them here would load torch
     from .offline.block_profiler import AccuracyModelReport
@@ -181,11 +182,11 @@ def plot_accuracy_front(
     ``compositions``, their Pareto front drawn as a staircase, and the optimizer's
     ``picks`` marked; writes a PNG at ``path`` and returns it."""
     if x not in X_AXES:
-        raise ValueError(f"x must be one of {sorted(X_AXES)}, got {x!r}")
+        raise InvalidArgumentError(f"x must be one of {sorted(X_AXES)}, got {x!r}")
     label, scale = X_AXES[x]
     usable = [c for c in compositions if getattr(c, x) is not None]
     if not usable:
-        raise ValueError(f"no composition has a value for {x!r} (latency needs a latency profile)")
+        raise InvalidArgumentError(f"no composition has a value for {x!r} (latency needs a latency profile)")
     points = [(scale * getattr(c, x), c.accuracy) for c in usable]
     fig = _figure()
     ax = fig.add_subplot()
@@ -244,7 +245,7 @@ def plot_estimated_vs_measured(series: Sequence[EstimateSeries], path: PathLike,
     "latency (ms)")."""
     values = [v for s in series for v in (*s.estimated, *s.measured) if math.isfinite(v)]
     if not values:
-        raise ValueError("nothing to plot: every series is empty")
+        raise InvalidArgumentError("nothing to plot: every series is empty")
     low, high = min(values), max(values)
     pad = 0.05 * (high - low or abs(high) or 1.0)
     fig = _figure(5.2, 5.0)

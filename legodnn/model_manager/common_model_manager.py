@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from legodnn.model_manager.abstract_model_manager import AbstractModelManager, Device
+from legodnn.errors import InvalidArgumentError, InvalidDataError
 
 __all__ = ["CommonModelManager", "TopKAccuracy"]
 
@@ -67,7 +68,7 @@ class TopKAccuracy:
 
     def compute(self) -> float:
         if self.total == 0:
-            raise ValueError("test_loader yielded no samples; cannot compute accuracy")
+            raise InvalidDataError("test_loader yielded no samples; cannot compute accuracy: give a loader with at least one batch")
         return self.correct / self.total
 
 
@@ -159,9 +160,9 @@ class CommonModelManager(AbstractModelManager):
         synchronised around each run.
         """
         if sample_num < 1:
-            raise ValueError(f"sample_num must be >= 1, got {sample_num}")
+            raise InvalidArgumentError(f"sample_num must be a whole number >= 1, got {sample_num!r}")
         if warmup_num < 0:
-            raise ValueError(f"warmup_num must be >= 0, got {warmup_num}")
+            raise InvalidArgumentError(f"warmup_num must be a whole number >= 0, got {warmup_num!r}")
         torch_device = torch.device(device)
         model.to(torch_device)
         data = torch.rand(tuple(model_input_size), device=torch_device)

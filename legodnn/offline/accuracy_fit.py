@@ -26,12 +26,12 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
 from ..blockmanager.store import ACCURACY_ESTIMATE, atomic_write_text
-from ..errors import StoreError
+from ..errors import InvalidArgumentError, StoreError
 
 __all__ = [
     "ACCURACY_ESTIMATE_JSON",
@@ -231,7 +231,7 @@ def fit_accuracy_model(
     """
     span = float(max_drop) if max_drop is not None else max(float(teacher_metric), 1e-6)
     if not (math.isfinite(span) and span > 0):
-        raise ValueError(f"max_drop must be a positive number, got {max_drop!r}")
+        raise InvalidArgumentError(f"max_drop must be a positive number, got {max_drop!r}")
     names, levels = list(block_names), [float(s) for s in sparsities]
     init = torch.zeros(len(names), len(levels), dtype=torch.float64)
     for b, name in enumerate(names):
@@ -247,7 +247,7 @@ def fit_accuracy_model(
     comps = [(tuple(float(s) for s in c.sparsities), float(c.metric)) for c in compositions]
     for cfg, _ in comps:
         if len(cfg) != len(names) or any(s not in levels for s in cfg):
-            raise ValueError(f"composition {cfg} does not give one of {levels} for each of {len(names)} blocks")
+            raise InvalidArgumentError(f"composition {cfg} does not give one of {levels} for each of {len(names)} blocks")
 
     def fit(points: Sequence[Tuple[Tuple[float, ...], float]]) -> Tuple[torch.Tensor, float, float]:
         data = singles + list(points)

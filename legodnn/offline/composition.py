@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..blockmanager.auto_block_manager import AutoBlockManager
+from ..errors import ArgumentTypeError
 
 __all__ = ["SandwichSampler", "SwitchableBlock", "SwitchableModel", "distillation_loss"]
 
@@ -154,7 +155,7 @@ def distillation_loss(student: Any, teacher: Any, temperature: float = 2.0) -> t
                         log_target=True) * t * t
     pairs = list(_tensor_pairs(student, teacher))
     if not pairs:
-        raise TypeError(f"cannot compare model outputs of type {type(student).__name__}: no floating-point tensors")
+        raise ArgumentTypeError(f"cannot compare model outputs of type {type(student).__name__}: no floating-point tensors")
     return sum(F.mse_loss(s, t) for s, t in pairs) / len(pairs)
 
 

@@ -162,7 +162,8 @@ class Ranks:
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cpu")
 
-    def barrier(self, what: str) -> None:
+    def barrier(self, what: str = "a barrier") -> None:
+        """Wait until every rank is here; ``what`` names the wait in the error when one never comes."""
         if self.distributed:
             with self._collective(what):
                 _dist().barrier()

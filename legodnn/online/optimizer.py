@@ -18,7 +18,7 @@ import torch
 
 from ..blockmanager.store import ACCURACY_MODEL_CHOICE, BLOCK_PROFILE, LATENCY_PROFILE, BlockStore
 from ..blockmanager.switcher import BlockSwitcher
-from ..errors import LegoDNNError, StaleProfileError, StoreError
+from ..errors import InvalidArgumentError, LegoDNNError, StaleProfileError, StoreError
 from ..offline.accuracy_fit import ACCURACY_ESTIMATE_JSON, FittedAccuracyModel, estimate_or_none
 from ..offline.profiles import ModelProfile
 from ..validation import check_float, warn_if_ignored_manager
@@ -179,7 +179,7 @@ class ScalingOptimizer:
         when the profile has it, else the one ``BlockProfiler.validate_accuracy_model``
         found closer to measurements."""
         if choice not in ("auto", "fitted", "additive", "multiplicative"):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"accuracy_model must be 'auto', 'fitted', 'additive' or 'multiplicative', got {choice!r}")
         if choice in ("auto", "fitted"):
             self.fitted = estimate_or_none(self.trained_dir)

@@ -17,7 +17,7 @@ from typing import Any, Callable, List, Optional
 
 import torch
 
-from ..errors import ArgumentTypeError
+from ..errors import ArgumentTypeError, LegoDNNError
 from ..validation import check_float
 from .optimizer import InfeasibleBudgetError, OptimizationResult, ScalingOptimizer
 
@@ -52,7 +52,7 @@ def available_memory_bytes() -> int:
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
-    raise RuntimeError("cannot read MemAvailable from /proc/meminfo; pass your own budget source")
+    raise LegoDNNError("cannot read MemAvailable from /proc/meminfo; pass your own budget source")
 
 
 def memory_budget_source(
