@@ -19,17 +19,23 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
-
-import pytest
-import torch
+from typing import Any, Dict, List
 
 import dist_job
+import pytest
+import torch
 from zoo import build
 
 from legodnn import AutoBlockManager, CommonModelManager, LegoDNNError
 from legodnn.model_manager.common_model_manager import TopKAccuracy
-from legodnn.offline.distributed import Ranks, RankStrided, ShardSampler, _state, combine_accumulators, shard_loader
+from legodnn.offline.distributed import (
+    Ranks,
+    RankStrided,
+    ShardSampler,
+    _state,
+    combine_accumulators,
+    shard_loader,
+)
 
 JOB = Path(__file__).parent / "dist_job.py"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
