@@ -337,3 +337,17 @@ def test_device_path_needs_only_torch_numpy_safetensors(profiled, tmp_path: Path
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.startswith("ok (1, 10)") and out.stdout.rstrip().endswith("[]"), out.stdout
+
+
+def test_single_output_files_are_not_replaced_unasked(tmp_path: Path) -> None:
+    from legodnn.blockmanager.store import claim_file
+
+    mine = tmp_path / "picks.json"
+    mine.write_text("the user's")
+    with pytest.raises(NotOursError, match="already exists"):
+        claim_file(mine)
+    assert mine.read_text() == "the user's"
+    assert claim_file(mine, overwrite=True) == mine
+    with pytest.raises(NotOursError, match="folder"):
+        claim_file(tmp_path, overwrite=True)
+    assert claim_file(tmp_path / "new.json") == tmp_path / "new.json"

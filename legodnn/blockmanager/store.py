@@ -49,6 +49,7 @@ __all__ = [
     "BlockStore",
     "StoreWriter",
     "claim_path",
+    "claim_file",
     "mark_work_dir",
     "sparsity_tag",
     "atomic_write_text",
@@ -121,6 +122,21 @@ def claim_path(target: PathLike, fingerprint: Optional[str], overwrite: bool = F
             f"{what} {str(target)!r} holds the blocks of another model (architecture fingerprint "
             f"{str(manifest.get('fingerprint'))[:12]}, this model {fingerprint[:12]}); pass overwrite=True to "
             "replace them, or choose another folder")
+    return target
+
+
+def claim_file(target: PathLike, overwrite: bool = False, what: str = "out") -> Path:
+    """Check that legodnn may write the single file ``target`` (a JSON of picks, an ONNX model).
+
+    legodnn cannot tell its own earlier output from a user's file of the same name, so an
+    existing file is replaced only with ``overwrite``; a folder or a link never is.
+    """
+    target = Path(target)
+    if target.is_symlink() or target.is_dir():
+        raise NotOursError(f"{what} {str(target)!r} is a folder or a link; give the path of a file to write")
+    if target.exists() and not overwrite:
+        raise NotOursError(f"{what} {str(target)!r} already exists; legodnn does not replace it unless asked "
+                           "(--overwrite, or overwrite=True), or choose another path")
     return target
 
 

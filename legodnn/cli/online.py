@@ -120,6 +120,7 @@ def optimize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accuracy-model", choices=("auto", "fitted", "additive", "multiplicative"), default="auto",
                         help="the accuracy estimate to maximize (default: auto, the fitted one when profiled)")
     parser.add_argument("--out", default=None, metavar="FILE", help="also write the picks as JSON to FILE")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.add_argument("--plot", action="store_true",
                         help="draw front_size.png and front_latency.png in --blocks: every measured composition, "
                              "the Pareto front and these picks")
@@ -171,8 +172,9 @@ def optimize(args: argparse.Namespace) -> int:
           f"accuracy model: {optimizer.accuracy_model}")
     if args.out:
         from ..blockmanager.atomic import write_text_atomic
+        from ..blockmanager.store import claim_file
 
-        write_text_atomic(args.out, json.dumps({"metric_name": metric, "picks": picks}, indent=1))
+        write_text_atomic(claim_file(args.out, args.overwrite, "--out"), json.dumps({"metric_name": metric, "picks": picks}, indent=1))
         print(f"picks: {args.out}")
     if args.plot:
         from ..plots import Composition, measured_compositions, plot_accuracy_front
@@ -253,6 +255,7 @@ def export_onnx_arguments(parser: argparse.ArgumentParser) -> None:
     add_model(parser, weights=False)
     parser.add_argument("--blocks", required=True, metavar="DIR", help="the (trained) blocks directory")
     parser.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     choice = parser.add_mutually_exclusive_group()
     choice.add_argument("--sparsities", type=float_list("--sparsities", "--sparsities 0.3", 0.0, 1.0), default=None,
                         metavar="LIST", help="the composition: one sparsity for every block, or one per block in "
@@ -292,6 +295,8 @@ def export_onnx(args: argparse.Namespace) -> int:
             sparsities = sparsities * len(switcher.block_names)
         switcher.switch(sparsities)
         live, size = switcher.model, switcher.store.manifest.model_input_size
-    data = export(live, size, args.out, opset_version=args.opset)
+    from ..blockmanager.store import claim_file
+
+    data = export(live, size, claim_file(args.out, args.overwrite, "--out"), opset_version=args.opset)
     print(f"exported sparsities {' '.join(f'{s:g}' for s in sparsities)} to {args.out} ({len(data) / 1e6:.2f} MB)")
     return 0
