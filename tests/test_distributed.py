@@ -42,7 +42,11 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 # largest difference of any trained weight between two processes and one (measured: ~1e-7; Adam's
 # normalised steps pass rounding differences on at about their own size)
 WEIGHT_TOLERANCE = 1e-5
-TIMEOUT_S = 5.0  # the process-group timeout of the failure tests
+# The process-group timeouts of the failure tests. Under a loaded CI machine one rank can wait
+# seconds for the other at an all-reduce, so a short timeout fires before the planned failure
+# (seen: rank 1 timed out at 5 s). A kill is noticed at once whatever the timeout, so that case
+# gets a long one; the hang must wait the timeout out, so it gets the shortest that load allows.
+TIMEOUT_S = {"killed": 120.0, "hung": 20.0}
 
 
 def free_port() -> int:
@@ -147,12 +151,12 @@ def test_a_failing_rank_stops_the_other_then_the_run_resumes(runs: Path, tmp_pat
     epoch = 4 * keys + keys  # 4 batches of 8 per rank, one held-out batch
     call = epoch + 2 * keys + 3
     config: Dict[str, Any] = {"compressed": str(runs / "compressed"), "target": str(tmp_path / "t"),
-                              "out": str(tmp_path / "out"), "checkpoint_steps": 1, "timeout_s": TIMEOUT_S,
+                              "out": str(tmp_path / "out"), "checkpoint_steps": 1, "timeout_s": TIMEOUT_S[how],
                               "die": [1, call, "SIGKILL" if how == "killed" else "SIGSTOP"]}
     procs = launch(config)
     try:
         stopped = _wait_for_rank1(procs[1], how)
-        procs[0].wait(timeout=TIMEOUT_S + 30)
+        procs[0].wait(timeout=TIMEOUT_S[how] + 60)
         waited = time.monotonic() - stopped
     finally:
         for p in procs:
@@ -162,9 +166,11 @@ def test_a_failing_rank_stops_the_other_then_the_run_resumes(runs: Path, tmp_pat
     assert procs[0].returncode == 1, errors[0][-3000:]
     assert "LegoDNNError: rank 0 of 2" in errors[0] and "another rank stopped" in errors[0], errors[0][-3000:]
     if how == "hung":
-        assert "Timed out" in errors[0] and TIMEOUT_S - 1 < waited < TIMEOUT_S + 15, waited
+        # not before the timeout (rank 0 may have begun waiting just before rank 1 stopped), and
+        # not a hang: the upper bound is generous, it is no speed claim
+        assert "Timed out" in errors[0] and TIMEOUT_S[how] - 1 < waited < TIMEOUT_S[how] + 60, waited
     else:
-        assert waited < TIMEOUT_S, waited  # a closed connection is noticed at once
+        assert waited < TIMEOUT_S[how], waited  # a closed connection is noticed, not waited out
     state = json.loads((tmp_path / "t" / "training" / "state.json").read_text())
     assert (state["epochs_done"], state["position"]["step"], state["world_size"]) == (1, 2, 2)
     assert not (tmp_path / "t" / "manifest.json").exists()
@@ -187,7 +193,7 @@ def _wait_for_rank1(proc: subprocess.Popen, how: str) -> float:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if how == "killed" and proc.poll() is not None:
-            assert proc.returncode == -signal.SIGKILL
+            assert proc.returncode == -signal.SIGKILL, proc.communicate()[1][-3000:]
             return time.monotonic()
         if how == "hung" and _stopped(proc.pid):
             return time.monotonic()
