@@ -229,6 +229,8 @@ def main() -> None:
     p.add_argument("--composition-epochs", type=int, default=4)
     p.add_argument("--composition-lr", type=float, default=0.01)
     p.add_argument("--batchnorm", default="train", choices=("frozen", "train"))
+    p.add_argument("--composition-samples", type=int, default=2, help="random compositions per step")
+    p.add_argument("--every-level", action="store_true", help="every level at every step, not one level in turn")
     p.add_argument("--fit-compositions", type=int, default=24)
     p.add_argument("--random", type=int, default=10, help="random compositions evaluated")
     p.add_argument("--tp-lr", type=float, default=0.01)
@@ -263,6 +265,8 @@ def main() -> None:
         "retrain_images": len(train), "val_images": len(val), "profile_images": len(profile_split),
         "test_images": len(test), "block_epochs": args.block_epochs, "composition_epochs": args.composition_epochs,
         "composition_lr": args.composition_lr, "batchnorm": args.batchnorm, "threads": args.threads,
+        "composition_samples": args.composition_samples, "every_level": args.every_level,
+        "fit_compositions": args.fit_compositions,
         "sparsities": SPARSITIES, "torch": torch.__version__}}
     result["teacher"] = _stage(work, "teacher", lambda: {
         "accuracy": _accuracy(teacher, test_b), "params": _params_flops(mm, teacher)[0],
@@ -292,7 +296,8 @@ def main() -> None:
         t = time.perf_counter()
         history = CompositionRetrainer(teacher, bm, mm, str(block_dir), str(composed_dir), args.composition_epochs,
                                        train_b, val_b, verbose=verbose, lr=args.composition_lr,
-                                       batchnorm=args.batchnorm).train_all_compositions()
+                                       batchnorm=args.batchnorm, num_random=args.composition_samples,
+                                       every_level=args.every_level).train_all_compositions()
         return {"seconds": time.perf_counter() - t, "train": list(history.train), "val": list(history.val),
                 "best_epoch": history.best_epoch}
 

@@ -66,6 +66,18 @@ def test_sampler_covers_the_extremes_and_repeats() -> None:
     assert sampler.sample(1, 0) != sampler.sample(0, 0) or sampler.sample(1, 1) != sampler.sample(0, 1)
 
 
+def test_sampler_every_level_puts_each_level_in_every_step() -> None:
+    sampler = SandwichSampler((0.0, 0.3, 0.6, 0.8), 4, num_random=1, seed=3, every_level=True)
+    for step in range(5):
+        configs = sampler.sample(2, step)
+        assert configs[:3] == [(0.8,) * 4, (0.3,) * 4, (0.6,) * 4]
+        assert len(configs) == 4 and any(s > 0 for s in configs[3])
+    # the default cycles one level per step and always draws four compositions
+    default = SandwichSampler((0.0, 0.3, 0.6, 0.8), 4, num_random=2, seed=3)
+    assert [len(default.sample(0, step)) for step in range(6)] == [4] * 6
+    assert sum(c == (0.3,) * 4 for step in range(6) for c in default.sample(0, step)) >= 2
+
+
 def test_distillation_loss_is_zero_only_at_the_teacher() -> None:
     logits = torch.randn(4, 10)
     assert float(distillation_loss(logits, logits)) == pytest.approx(0.0, abs=1e-6)

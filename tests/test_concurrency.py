@@ -80,7 +80,6 @@ def test_inference_during_switches_sees_whole_configurations(switcher: BlockSwit
     for w in workers:
         w.start()
     rng = random.Random(0)
-    start = time.perf_counter()
     try:
         for _ in range(SWITCHES):
             config = rng.choice(configs)
@@ -95,7 +94,7 @@ def test_inference_during_switches_sees_whole_configurations(switcher: BlockSwit
     total = sum(map(sum, seen))
     assert all(sum(counts) > 0 for counts in seen), seen
     assert sum(1 for i in range(len(configs)) if any(c[i] for c in seen)) >= 2, seen  # they saw switches happen
-    assert time.perf_counter() - start < 60 and total > 0
+    assert not any(w.is_alive() for w in workers) and total > 0  # no deadlock: every worker ended
 
 
 def test_concurrent_switches_each_report_their_own(switcher: BlockSwitcher) -> None:

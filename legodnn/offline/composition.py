@@ -97,16 +97,17 @@ class SandwichSampler:
 
     Per step: every block at the highest sparsity (the model a tight budget picks, where
     errors compound most), every block at one level (cycling over the levels from step
-    to step), and ``num_random`` compositions drawn uniformly per block (sparsity 0
-    included, so descendants also learn to sit beside unpruned teacher blocks). The
-    draw depends only on ``(seed, epoch, step)``, so a resumed run samples what an
-    uninterrupted one would.
+    to step; with ``every_level`` each level at every step), and ``num_random``
+    compositions drawn uniformly per block (sparsity 0 included, so descendants also
+    learn to sit beside unpruned teacher blocks). The draw depends only on
+    ``(seed, epoch, step)``, so a resumed run samples what an uninterrupted one would.
     """
 
     sparsities: Tuple[float, ...]
     num_blocks: int
     num_random: int = 2
     seed: int = 0
+    every_level: bool = False
 
     @property
     def levels(self) -> Tuple[float, ...]:
@@ -119,10 +120,12 @@ class SandwichSampler:
         rng = random.Random(f"{self.seed}:{epoch}:{step}")
         levels = self.levels
         out: List[Config] = [self.smallest()]
-        level = levels[step % len(levels)]
-        if level != max(levels):
-            out.append((level,) * self.num_blocks)
-        while len(out) < 2 + self.num_random:
+        for level in (levels if self.every_level else levels[step % len(levels):][:1]):
+            if level != max(levels):
+                out.append((level,) * self.num_blocks)
+        # a step where the cycled level is the smallest draws one more random composition instead
+        wanted = (len(levels) if self.every_level else 2) + self.num_random
+        while len(out) < wanted:
             config = tuple(rng.choice(self.sparsities) for _ in range(self.num_blocks))
             if any(s > 0 for s in config):
                 out.append(config)

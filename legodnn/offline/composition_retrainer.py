@@ -139,6 +139,7 @@ class CompositionStage:
         *,
         lr: float = 0.01,
         num_random: int = 2,
+        every_level: bool = False,
         temperature: float = 2.0,
         batchnorm: str = "train",
         feature_weight: float = 0.0,
@@ -158,6 +159,8 @@ class CompositionStage:
             raise LegoDNNError(f"composition lr must be a positive finite number, got {lr!r}")
         if isinstance(num_random, bool) or not isinstance(num_random, int) or num_random < 0:
             raise LegoDNNError(f"composition num_random must be a whole number >= 0, got {num_random!r}")
+        if not isinstance(every_level, bool):
+            raise LegoDNNError(f"every_level must be True or False, got {every_level!r}")
         if not (isinstance(feature_weight, (int, float)) and math.isfinite(feature_weight) and feature_weight >= 0):
             raise LegoDNNError(f"feature_weight must be a finite number >= 0, got {feature_weight!r}")
         if label_weight is not None and not (
@@ -184,7 +187,7 @@ class CompositionStage:
         self.temperature = float(temperature)
         self.loss_fn: LossFn = loss_fn or (lambda s, t: distillation_loss(s, t, self.temperature))
         self.sampler = SandwichSampler(tuple(block_manager.block_sparsity), len(block_manager.block_names),
-                                       num_random, seed)
+                                       num_random, seed, every_level)
 
     # -- state --------------------------------------------------------------------
     def _fingerprint(self, students: Dict[Key, nn.Module]) -> str:
