@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import random
 import sys
 import time
@@ -50,6 +49,7 @@ from cv_tasks import get_model  # noqa: E402
 from cv_tasks.image_classification.train import load_weights, warmup_cosine  # noqa: E402
 from legodnn import AutoBlockManager, BlockProfiler, BlockRetrainer, CommonModelManager  # noqa: E402
 from legodnn.offline import CompositionRetrainer, FittedAccuracyModel  # noqa: E402
+from legodnn.offline.accuracy_fit import sample_compositions  # noqa: E402
 from legodnn.offline.bn_calibration import recalibrate_store  # noqa: E402
 from legodnn.offline.composition import distillation_loss  # noqa: E402
 
@@ -233,6 +233,10 @@ def main() -> None:
     p.add_argument("--every-level", action="store_true", help="every level at every step, not one level in turn")
     p.add_argument("--fit-compositions", type=int, default=24)
     p.add_argument("--random", type=int, default=10, help="random compositions evaluated")
+    p.add_argument("--profile-on", default="unseen", choices=("unseen", "test"),
+                   help="the images the profiler measures on: 5,000 unseen training images, or the test images "
+                        "(as the original passes its test loader; the random compositions evaluated are then "
+                        "still held out of the fit)")
     p.add_argument("--tp-lr", type=float, default=0.01)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quiet", action="store_true")
@@ -256,13 +260,14 @@ def main() -> None:
     test = cifar10_jpg.load_split("test", args.cache, args.archive)
     train_b = cifar10_jpg.Batches(train, 128, train=True, seed=1)
     val_b = cifar10_jpg.Batches(val, 250, train=False)
-    profile_b = cifar10_jpg.Batches(profile_split, 250, train=False)
     test_b = cifar10_jpg.Batches(test, 500, train=False)
+    profile_b = cifar10_jpg.Batches(profile_split, 250, train=False) if args.profile_on == "unseen" else test_b
     mm = CommonModelManager()
 
     result: Dict[str, Any] = {"setup": {
         "teacher": str(args.teacher), "teacher_metadata": {k: v for k, v in meta.items() if k != "format"},
-        "retrain_images": len(train), "val_images": len(val), "profile_images": len(profile_split),
+        "retrain_images": len(train), "val_images": len(val), "profile_images": len(profile_split) if args.profile_on == "unseen" else len(test),
+        "profile_on": args.profile_on,
         "test_images": len(test), "block_epochs": args.block_epochs, "composition_epochs": args.composition_epochs,
         "composition_lr": args.composition_lr, "batchnorm": args.batchnorm, "threads": args.threads,
         "composition_samples": args.composition_samples, "every_level": args.every_level,
@@ -349,18 +354,30 @@ def main() -> None:
     timings["torch_pruning_finetune_total"] = sum(r["seconds"] for r in tp_rows)
     result["timings_s"] = timings
 
-    rows = result["evaluation"]["composed"]
-    errors = [r["measured"] - r["estimated"] for r in rows]
-    result["estimate"] = {"mean_abs_error": sum(map(abs, errors)) / len(errors), "max_abs_error": max(map(abs, errors)),
-                          "n": len(errors)}
+    fitted_on = set(sample_compositions(bm.block_names, bm.block_sparsity, args.fit_compositions, 0))
+    for name, rows in result["evaluation"].items():
+        errors = [r["measured"] - r["estimated"] for r in rows]
+        held = [e for r, e in zip(rows, errors) if tuple(r["sparsities"]) not in fitted_on]
+        result[f"estimate_{name}"] = {
+            "mean_abs_error": sum(map(abs, errors)) / len(errors), "max_abs_error": max(map(abs, errors)),
+            "n": len(errors), "n_in_fit": len(errors) - len(held), "profile_on": args.profile_on,
+            "heldout_mean_abs_error": sum(map(abs, held)) / len(held) if held else None,
+            "heldout_max_abs_error": max(map(abs, held)) if held else None}
+    result["estimate"] = result["estimate_composed"]
     (work / "results.json").write_text(json.dumps(result, indent=1))
     table = _table(result)
-    summary = (f"teacher {100 * result['teacher']['accuracy']:.2f}% ({result['teacher']['params']:,} params); "
-               f"estimate error over {len(errors)} compositions: mean {100 * result['estimate']['mean_abs_error']:.2f}, "
-               f"max {100 * result['estimate']['max_abs_error']:.2f} points (on the test images; cross-validated "
-               f"on the profile images: mean {100 * result['profile_composed']['cv_mean_abs_error']:.2f}, max "
-               f"{100 * result['profile_composed']['cv_max_abs_error']:.2f})\n"
-               + "stage wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    lines = [f"teacher {100 * result['teacher']['accuracy']:.2f}% ({result['teacher']['params']:,} params); "
+             f"profiled on the {args.profile_on} images"]
+    for name, _ in stores:
+        e, cv = result[f"estimate_{name}"], result[f"profile_{name}"]
+        held = (f"; the {e['n'] - e['n_in_fit']} not in the fit: mean {100 * e['heldout_mean_abs_error']:.2f}, "
+                f"max {100 * e['heldout_max_abs_error']:.2f}") if e["heldout_mean_abs_error"] is not None else ""
+        lines.append(f"{name}: estimate error over {e['n']} compositions on the test images: mean "
+                     f"{100 * e['mean_abs_error']:.2f}, max {100 * e['max_abs_error']:.2f} points{held} "
+                     f"(cross-validated on the profile images: mean {100 * cv['cv_mean_abs_error']:.2f}, "
+                     f"max {100 * cv['cv_max_abs_error']:.2f})")
+    lines.append("stage wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    summary = "\n".join(lines)
     (work / "results.md").write_text(table + "\n\n" + summary + "\n")
     _plot(work / "front.png", result)
     print(table)
