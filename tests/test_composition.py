@@ -13,6 +13,7 @@ import torch
 from zoo import build
 
 from legodnn import AutoBlockManager, BlockSwitcher, CommonModelManager, LegoDNNError
+from legodnn.errors import StoreError
 from legodnn.offline import BlockProfiler, BlockRetrainer, CompositionRetrainer
 from legodnn.offline.accuracy_fit import FittedAccuracyModel, MeasuredComposition, fit_accuracy_model
 from legodnn.offline.composition import SandwichSampler, distillation_loss
@@ -247,6 +248,20 @@ def test_fit_without_interaction_finds_none(tmp_path: Path) -> None:
     assert fitted.curvature < 0.05
     fitted.save(tmp_path)
     assert FittedAccuracyModel.load(tmp_path) == fitted
+    # the measured compositions are kept with the fit, in order, so it can be refitted without measuring
+    assert [(m.sparsities, m.metric) for m in fitted.measured] == [(c, metric(c)) for c in configs]
+    refit = fit_accuracy_model("accuracy", 0.9, names, levels, singles, list(fitted.measured))
+    assert refit.terms == fitted.terms
+    # a file written before they were kept still loads, with none
+    path = tmp_path / "accuracy_estimate.json"
+    data = json.loads(path.read_text())
+    del data["measured"]
+    path.write_text(json.dumps(data))
+    assert FittedAccuracyModel.load(tmp_path).measured == ()
+    data["measured"] = [{"sparsities": [0.3], "metric": 0.5}]  # one sparsity for six blocks
+    path.write_text(json.dumps(data))
+    with pytest.raises(StoreError, match="wrong length"):
+        FittedAccuracyModel.load(tmp_path)
 
 
 def test_optimizer_stays_exact_for_the_fitted_estimate() -> None:

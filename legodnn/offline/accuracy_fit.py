@@ -73,6 +73,9 @@ class FittedAccuracyModel:
     heldout_max_abs_error: float
     num_compositions: int
     weights_digest: str = ""  # the store's weights it was fitted on (BlockStore.weights_digest)
+    # what it was fitted on, kept so that it can be refitted, plotted or audited without
+    # measuring again: the compositions (block order) and their measured metric
+    measured: Tuple[MeasuredComposition, ...] = ()
 
     def link(self, z: float) -> float:
         return _link(z, self.curvature, self.max_drop)
@@ -92,7 +95,9 @@ class FittedAccuracyModel:
 
     def save(self, directory: Union[str, Path]) -> Path:
         path = Path(directory) / ACCURACY_ESTIMATE_JSON
-        atomic_write_text(path, json.dumps(asdict(self), indent=1))
+        data = asdict(self)
+        data["measured"] = [{"sparsities": list(m.sparsities), "metric": m.metric} for m in self.measured]
+        atomic_write_text(path, json.dumps(data, indent=1))
         return path
 
     @classmethod
@@ -114,6 +119,8 @@ class FittedAccuracyModel:
                 heldout_max_abs_error=float(d["heldout_max_abs_error"]),
                 num_compositions=int(d["num_compositions"]),
                 weights_digest=str(d.get("weights_digest", "")),
+                measured=tuple(MeasuredComposition(tuple(float(x) for x in m["sparsities"]), float(m["metric"]))
+                               for m in d.get("measured", ())),  # absent in files written before it was kept
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"cannot read {path}: {exc}; profile the blocks again") from exc
@@ -123,6 +130,9 @@ class FittedAccuracyModel:
             raise StoreError(f"{path} holds non-finite or negative terms; profile the blocks again")
         if len(model.terms) != len(model.block_names) or any(len(r) != len(model.sparsities) for r in model.terms):
             raise StoreError(f"{path} has terms of the wrong shape; profile the blocks again")
+        if any(len(m.sparsities) != len(model.block_names) or not math.isfinite(m.metric) for m in model.measured):
+            raise StoreError(f"{path} holds a measured composition of the wrong length or a non-finite metric; "
+                             "profile the blocks again")
         return model
 
 
@@ -276,6 +286,7 @@ def fit_accuracy_model(
         heldout_mean_abs_error=sum(abs(e) for e in errors) / len(errors) if errors else nan,
         heldout_max_abs_error=max(abs(e) for e in errors) if errors else nan,
         num_compositions=len(comps),
+        measured=tuple(MeasuredComposition(c, m) for c, m in comps),
     )
 
 
