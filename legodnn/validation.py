@@ -27,6 +27,8 @@ __all__ = [
     "check_int",
     "check_float",
     "check_choice",
+    "check_bool",
+    "check_amp",
     "check_device",
     "check_input_size",
     "check_module",
@@ -148,6 +150,46 @@ def check_choice(name: str, value: Any, choices: Sequence[Any], hint: str = "") 
         pass
     listed = ", ".join(repr(c) for c in choices)
     raise InvalidArgumentError(f"{name} must be one of {listed}, got {_got(value)}" + (f"; {hint}" if hint else ""))
+
+
+def check_bool(name: str, value: Any, hint: str = "") -> bool:
+    """``value`` if it is ``True`` or ``False``: a flag given as ``1``, ``"yes"`` or ``None``
+    is usually an argument in the wrong place, and ``"False"`` would be true."""
+    if isinstance(value, bool):
+        return value
+    raise ArgumentTypeError(f"{name} must be True or False, got {_got(value)}; {hint or f'pass {name}=True or False'}")
+
+
+def check_amp(name: str, value: Any, device: Any) -> Optional[str]:
+    """``value`` as an automatic-mixed-precision mode for ``device``: ``None`` (fp32),
+    ``"bf16"`` or ``"fp16"``.
+
+    fp16 is refused on the CPU: its autocast there is slow and gains nothing, and fp16
+    needs loss scaling; bf16 is the CPU's mixed precision. On a CUDA GPU without bf16
+    (before Ampere) bf16 is refused in favour of fp16. Other devices (MPS, ...) take
+    ``None`` only.
+    """
+    allowed = "None (fp32), 'bf16' or 'fp16'"
+    if value is not None and not isinstance(value, str):
+        raise ArgumentTypeError(f"{name} must be {allowed}, got {_got(value)}; pass e.g. {name}='bf16'")
+    if value not in (None, "bf16", "fp16"):
+        raise InvalidArgumentError(f"{name} must be {allowed}, got {value!r}; pass e.g. {name}='bf16'")
+    kind = torch.device(device).type
+    if value is None:
+        return None
+    if kind == "cpu" and value == "fp16":
+        raise InvalidArgumentError(
+            f"{name}='fp16' needs a CUDA device, got device={str(device)!r}: float16 autocast on the CPU is slow and "
+            f"needs loss scaling; use {name}='bf16' on the CPU (or device='cuda' for fp16)")
+    if kind == "cuda" and value == "bf16" and not torch.cuda.is_bf16_supported():
+        raise InvalidArgumentError(
+            f"{name}='bf16': the GPU of device={str(device)!r} has no bfloat16 (it needs an Ampere or newer GPU); "
+            f"use {name}='fp16' (with loss scaling) or None")
+    if kind not in ("cpu", "cuda"):
+        raise InvalidArgumentError(
+            f"{name}={value!r} is supported on 'cpu' (bf16) and 'cuda' devices, got device={str(device)!r}; "
+            f"use {name}=None there")
+    return value
 
 
 def check_device(name: str, device: Any) -> str:

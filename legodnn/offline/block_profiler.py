@@ -40,6 +40,7 @@ from .accuracy_fit import (
     sample_compositions,
 )
 from .distributed import batch_len, combine_accumulators, current_ranks, shard_loader
+from .precision import resolve_precision, synchronize
 from .profiles import BlockProfile, ModelProfile
 from .replay import RecordingRun, ReplayFrom
 
@@ -114,6 +115,11 @@ class BlockProfiler:
     rank returns the same profile and rank 0 writes it. A model manager without
     ``metric_accumulator()`` is scored by whole passes over the full test set, the
     candidates shared out among the ranks.
+
+    ``amp`` (``None``: fp32, the default; ``"bf16"``; ``"fp16"``, CUDA only) runs the
+    forwards under autocast and ``channels_last=True`` holds the models and the images in
+    NHWC layout while profiling (:mod:`~legodnn.offline.precision`); the metrics are
+    computed from fp32 outputs. With both off the profile is the same, bit for bit.
     """
 
     def __init__(
@@ -128,9 +134,12 @@ class BlockProfiler:
         verbose: bool = True,
         *,
         data_parallel: bool = True,
+        amp: Optional[str] = None,
+        channels_last: bool = False,
     ) -> None:
         model_input_size = check_input_size("model_input_size", model_input_size)
         device = check_device("device", device)
+        self.precision = resolve_precision(amp, channels_last, device)
         warn_if_ignored_teacher("teacher_model", teacher_model, block_manager)
         self.block_manager = block_manager
         self.model_manager = model_manager
@@ -138,7 +147,8 @@ class BlockProfiler:
         self.store = block_manager.open_store(str(trained_blocks_dir))
         self.ranks = current_ranks(data_parallel, device)
         self.full_test_loader = test_loader
-        self.test_loader = shard_loader(test_loader, self.ranks, train=False)
+        self.test_loader = shard_loader(test_loader, self.ranks, train=False,
+                                        pin_memory=torch.device(device).type == "cuda")
         self.model_input_size = tuple(model_input_size)
         self.device = device
         self.verbose = verbose and self.ranks.is_main
@@ -186,13 +196,24 @@ class BlockProfiler:
         else:
             runners = {k: bm.compose(c) for k, c in configs.items()}
             recording = frame
+        # wrappers are made in training mode, and a manager's forward puts a model back in the mode it had,
+        # recursively: the shared frame would be left in training mode (its BatchNorm then updates elsewhere)
+        recording.eval()
+        for runner in runners.values():
+            runner.eval()
         samples = 0
         bar = tqdm(self.test_loader, desc="profiling blocks", disable=not self.verbose, leave=False)
-        with torch.no_grad():
+        precision = self.precision
+
+        def forward(model: Any, batch: Any) -> Any:
+            with precision.autocast():
+                return precision.fp32(mm.forward_to_gen_mid_data(model, precision.batch(batch), self.device))
+
+        with torch.no_grad(), precision.layout(self._modules(configs)):
             for batch in bar:
-                teacher_acc.update(mm.forward_to_gen_mid_data(recording, batch, self.device), batch)
+                teacher_acc.update(forward(recording, batch), batch)
                 for k, runner in runners.items():
-                    accs[k].update(mm.forward_to_gen_mid_data(runner, batch, self.device), batch)
+                    accs[k].update(forward(runner, batch), batch)
                 samples += batch_len(batch)
         samples = int(self.ranks.sum_floats([samples], "counting the test samples")[0])
         if samples == 0:
@@ -201,14 +222,20 @@ class BlockProfiler:
                                         mm.metric_accumulator)
         return combined["teacher"].compute(), {k: combined[("config", k)].compute() for k in accs}, samples
 
+    def _modules(self, configs: Dict[Any, Dict[str, nn.Module]]) -> List[nn.Module]:
+        """Every module the candidates run: the teacher (frame and blocks) and the replacements."""
+        return [self.block_manager.teacher] + [m for c in configs.values() for m in c.values()]
+
     def _score_by_passes(self, configs: Dict[Any, Dict[str, nn.Module]]) -> Tuple[float, Dict[Any, float], int]:
         """Teacher and candidates scored by ``get_model_acc`` over the whole test set; with
         several ranks each scores every ``world_size``-th of them and all gather the results."""
         bm, mm = self.block_manager, self.model_manager
         jobs: List[Tuple[Any, Optional[Dict[str, nn.Module]]]] = [("teacher", None)]
         jobs += [(("config", k), c) for k, c in configs.items()]
-        mine = {key: mm.get_model_acc(bm.teacher if c is None else bm.compose(c), self.full_test_loader, self.device)
-                for key, c in jobs[self.ranks.rank::self.ranks.world_size]}
+        with self.precision.layout(self._modules(configs)), self.precision.autocast():
+            mine = {key: mm.get_model_acc(bm.teacher if c is None else bm.compose(c), self.full_test_loader,
+                                          self.device)
+                    for key, c in jobs[self.ranks.rank::self.ranks.world_size]}
         scores = {k: v for part in self.ranks.all_gather(mine, "gathering the scores") for k, v in part.items()}
         return scores["teacher"], {k: scores[("config", k)] for k in configs}, -1
 
@@ -263,6 +290,7 @@ class BlockProfiler:
             self._write_profile(profile, teacher_metric, metrics, compositions)
         self.ranks.barrier("waiting for rank 0 to write the profile")
         if self.verbose:
+            synchronize(self.device)  # queued GPU work counts in the time
             tqdm.write(f"profiled {len(descendants)} descendants in {time.perf_counter() - start:.1f} s; "
                        f"teacher {self.metric_name} {teacher_metric:.4f}")
         return profile

@@ -33,6 +33,7 @@ from .distributed import current_ranks, shard_loader, start_epoch
 from .guards import finite_loss
 from .composition_retrainer import CompositionHistory, CompositionStage, _class_labels, _flatten, _key_name, _unflatten
 from .holdout import split_holdout
+from .precision import LossScaler, pin_memory, record_precision, resolve_precision, restore_precision
 from .trained_store import write_trained_store
 
 __all__ = ["BlockRetrainer", "default_optimizer"]
@@ -85,6 +86,14 @@ class BlockRetrainer:
     size is per rank), gradients are averaged before every optimizer step, held-out
     losses are reduced, and rank 0 alone writes the checkpoints and the store while the
     others wait. Every rank ends with the same weights and returns the same history.
+
+    The fast path (:mod:`~legodnn.offline.precision`), for both stages: ``amp``
+    (``None``: fp32, the default; ``"bf16"``; ``"fp16"``, CUDA only, with loss scaling)
+    runs the teacher's and the descendants' forwards under autocast, with losses,
+    optimizer steps and weights in fp32; ``channels_last=True`` (default ``False``) holds
+    the teacher and the descendants, and the batches' images, in NHWC layout while
+    training. With both off the results are the same, bit for bit, as without them. On a
+    CUDA device the loaders legodnn builds (held-out splits, shards) pin their memory.
     """
 
     def __init__(
@@ -113,12 +122,15 @@ class BlockRetrainer:
         checkpoint_seconds: Optional[float] = 60.0,
         checkpoint_steps: Optional[int] = None,
         data_parallel: bool = True,
+        amp: Optional[str] = None,
+        channels_last: bool = False,
     ) -> None:
         max_epoch = check_int("max_epoch", max_epoch, minimum=1, hint="pass a whole number of epochs, e.g. max_epoch=3")
         composition_epochs = check_int(
             "composition_epochs", composition_epochs, minimum=0, allow_none=True,
             hint="pass None (automatic), 0 (block distillation only) or a whole number of epochs")
         device = check_device("device", device)
+        self.precision = resolve_precision(amp, channels_last, device)
         self.checkpoint_seconds, self.checkpoint_steps = check_checkpoint_options(checkpoint_seconds, checkpoint_steps)
         warn_if_ignored_teacher("teacher_model", teacher_model, block_manager)
         self.teacher = teacher_model
@@ -128,10 +140,11 @@ class BlockRetrainer:
         self.trained_dir = claim_path(trained_blocks_dir, self.store.fingerprint, overwrite, "trained_blocks_dir")
         self.max_epoch = int(max_epoch)
         self.ranks = current_ranks(data_parallel, device)
-        if val_loader is None:
-            train_loader, val_loader = split_holdout(train_loader)  # the same split on every rank, then sharded
-        self.train_loader = shard_loader(train_loader, self.ranks, train=True, seed=seed)
-        self.val_loader = shard_loader(val_loader, self.ranks, train=False)
+        pin = torch.device(device).type == "cuda"
+        if val_loader is None:  # the same split on every rank, then sharded
+            train_loader, val_loader = (pin_memory(loader, device) for loader in split_holdout(train_loader))
+        self.train_loader = shard_loader(train_loader, self.ranks, train=True, seed=seed, pin_memory=pin)
+        self.val_loader = shard_loader(val_loader, self.ranks, train=False, pin_memory=pin)
         self.device = device
         self.optimizer_factory = optimizer or default_optimizer
         self.loss_fn = loss_fn or F.mse_loss
@@ -140,7 +153,8 @@ class BlockRetrainer:
         self._composition_options = dict(lr=composition_lr, num_random=composition_samples, temperature=temperature,
                                          batchnorm=batchnorm, label_weight=label_weight, seed=seed, verbose=verbose,
                                          checkpoint_seconds=self.checkpoint_seconds,
-                                         checkpoint_steps=self.checkpoint_steps, data_parallel=data_parallel)
+                                         checkpoint_steps=self.checkpoint_steps, data_parallel=data_parallel,
+                                         amp=self.precision.amp, channels_last=self.precision.channels_last)
         self._checkpoints = CheckpointFolder(self._state_dir, self.ranks)
         CompositionStage(block_manager, model_manager, 1, self.train_loader, self.val_loader,
                          self._state_dir / "composition",
@@ -213,6 +227,7 @@ class BlockRetrainer:
         if self._rng is not None:
             set_rng_state(self._rng["now"], self.train_loader)
         self._state = {**fresh, **state}
+        restore_precision(self._state, self.precision, self._scaler, "block training")
         position = self._state["position"]
         logger.info("resuming block training after epoch %d%s", state["epochs_done"],
                     f" and {position['step']} steps" if position else "")
@@ -241,6 +256,7 @@ class BlockRetrainer:
         the last one. ``epoch_start_rng``: the generators at the start of the epoch, for a
         mid-epoch checkpoint."""
         self._state["compressed_sha"] = self._compressed_sha()
+        record_precision(self._state, self.precision, self._scaler)
         best = None if self._best_saved else _flatten(self._best)
         self._checkpoints.save(self._state, _flatten(students), best,
                                {_key_name(key): o.state_dict() for key, o in optims.items()}, epoch_start_rng,
@@ -255,7 +271,15 @@ class BlockRetrainer:
 
     # -- training ---------------------------------------------------------------
     def _capture(self, batch: Any) -> Dict[str, List[Tuple[torch.Tensor, torch.Tensor]]]:
-        return capture_block_io(self.block_manager, self.model_manager, batch, self.device)
+        with self.precision.autocast():
+            return capture_block_io(self.block_manager, self.model_manager, self.precision.batch(batch), self.device)
+
+    def _block_loss(self, student: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The descendant's forward (under autocast with ``amp``) and its loss against the teacher
+        block's output, in fp32."""
+        with self.precision.autocast():
+            out = student(x)
+        return self.loss_fn(self.precision.fp32(out), self.precision.fp32(y))
 
     def train_all_blocks(self) -> Dict[str, Dict[str, List[float]]]:
         """Train every descendant for ``max_epoch`` epochs and write the trained blocks directory.
@@ -270,26 +294,28 @@ class BlockRetrainer:
         students = {key: bm.load_descendant(self.store, *key).to(self.device) for key in self._keys()}
         optims = {key: self.optimizer_factory(s.parameters()) for key, s in students.items()}
         self._clock = CheckpointClock(self.checkpoint_seconds, self.checkpoint_steps)
+        self._scaler = LossScaler(self.precision)
         best = self._best = self._load_state(students, optims)
         state = self._state
         self._best_saved = "checkpoint" in state  # the checkpoint just read holds them
-        for epoch in range(state["epochs_done"], self.max_epoch):
-            train_loss = self._epoch(students, optims, epoch)
-            val_loss = self._validate(students)
-            for key in students:
-                name = f"{key[0]}@{key[1]:g}"
-                hist = state["history"].setdefault(name, {"train": [], "val": []})
-                hist["train"].append(train_loss[key])
-                hist["val"].append(val_loss[key])
-                if val_loss[key] < state["best_val"].get(name, math.inf):
-                    state["best_val"][name] = val_loss[key]
-                    best[key] = {k: v.detach().clone() for k, v in students[key].state_dict().items()}
-                    self._best_saved = False
-            state["epochs_done"] = epoch + 1
-            self._save_state(students, optims)
-            if self.verbose:
-                mean_val = sum(val_loss.values()) / max(1, len(val_loss))
-                tqdm.write(f"epoch {epoch + 1}/{self.max_epoch}: mean held-out block MSE {mean_val:.4g}")
+        with self.precision.layout([bm.teacher, *students.values()]):
+            for epoch in range(state["epochs_done"], self.max_epoch):
+                train_loss = self._epoch(students, optims, epoch)
+                val_loss = self._validate(students)
+                for key in students:
+                    name = f"{key[0]}@{key[1]:g}"
+                    hist = state["history"].setdefault(name, {"train": [], "val": []})
+                    hist["train"].append(train_loss[key])
+                    hist["val"].append(val_loss[key])
+                    if val_loss[key] < state["best_val"].get(name, math.inf):
+                        state["best_val"][name] = val_loss[key]
+                        best[key] = {k: v.detach().clone() for k, v in students[key].state_dict().items()}
+                        self._best_saved = False
+                state["epochs_done"] = epoch + 1
+                self._save_state(students, optims)
+                if self.verbose:
+                    mean_val = sum(val_loss.values()) / max(1, len(val_loss))
+                    tqdm.write(f"epoch {epoch + 1}/{self.max_epoch}: mean held-out block MSE {mean_val:.4g}")
         extra: Dict[str, Any] = {}
         self.composition = self._composition_stage()
         if self.composition is not None:
@@ -334,16 +360,17 @@ class BlockRetrainer:
                     if call >= len(pairs) or pairs[call][0].numel() == 0:  # a head that saw nothing (no boxes)
                         continue
                     x, y = pairs[call]
-                    loss = self.loss_fn(student(x), y)
+                    loss = self._block_loss(student, x, y)
                     value = finite_loss(loss, f"block {key[0]} at sparsity {key[1]}", epoch, "optimizer=...",
                                         self._state_dir)
-                    loss.backward()
+                    self._scaler.scale(loss).backward()
                     sums[key] += value
                     counts[key] += 1
                 # descendants are independent: stepping each after all backward passes is stepping each after its own
                 for key, has_gradient in zip(students, self.ranks.average_gradients(modules)):
                     if has_gradient:
-                        optims[key].step()
+                        self._scaler.step(optims[key])
+                self._scaler.update()
             if self.ranks.any(self._clock.step_done(), "agreeing on a checkpoint"):
                 sums, counts = self._fold(sums, counts)
                 state["position"] = {"step": n_batches, "sums": {names[k]: v for k, v in sums.items()},
@@ -375,7 +402,7 @@ class BlockRetrainer:
                 for x, y in captured[key[0]]:
                     if x.numel() == 0:
                         continue
-                    sums[key] += float(self.loss_fn(student(x), y)) * len(x)
+                    sums[key] += float(self._block_loss(student, x, y)) * len(x)
                     counts[key] += len(x)
         sums, counts = self._fold(sums, counts)  # every rank's share of the held-out data
         if not any(counts.values()):

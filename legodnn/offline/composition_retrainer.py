@@ -23,6 +23,7 @@ its shard of the batch, and the gradients are averaged before the step.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -42,6 +43,7 @@ from .checkpoints import CheckpointClock, CheckpointFolder, check_checkpoint_opt
 from .composition import SandwichSampler, SwitchableModel, distillation_loss
 from .distributed import batch_len, current_ranks, shard_loader, start_epoch
 from .guards import finite_loss
+from .precision import LossScaler, record_precision, resolve_precision, restore_precision
 
 __all__ = ["CompositionStage", "CompositionRetrainer", "CompositionHistory"]
 
@@ -114,7 +116,11 @@ class CompositionStage:
     the last one; these two do not change the training, so they may differ between runs.
     With a process group of several ranks the stage is data-parallel unless
     ``data_parallel=False`` (the loaders are sharded, gradients averaged, held-out
-    losses reduced; rank 0 writes the state).
+    losses reduced; rank 0 writes the state). ``amp`` (``None``: fp32; ``"bf16"``;
+    ``"fp16"``, CUDA only, with loss scaling) runs the teacher's and the compositions'
+    forwards under autocast, losses and steps in fp32; ``channels_last=True`` holds the
+    frame, the blocks and the images in NHWC layout while the stage runs
+    (:mod:`~legodnn.offline.precision`); with both off nothing changes, bit for bit.
 
     The default recipe (SGD with Nesterov momentum at 0.01, cosine to 0; descendants'
     BatchNorm following the batches; KL at temperature 2 plus the labels' cross-entropy
@@ -152,6 +158,8 @@ class CompositionStage:
         checkpoint_seconds: Optional[float] = 60.0,
         checkpoint_steps: Optional[int] = None,
         data_parallel: bool = True,
+        amp: Optional[str] = None,
+        channels_last: bool = False,
     ) -> None:
         if isinstance(max_epoch, bool) or not isinstance(max_epoch, int) or max_epoch < 1:
             raise LegoDNNError(f"composition epochs must be a whole number >= 1, got {max_epoch!r}")
@@ -173,9 +181,12 @@ class CompositionStage:
         self.checkpoint_seconds, self.checkpoint_steps = check_checkpoint_options(checkpoint_seconds, checkpoint_steps)
         self.bm, self.mm = block_manager, model_manager
         self.max_epoch = max_epoch
+        self.precision = resolve_precision(amp, channels_last, device)
         self.ranks = current_ranks(data_parallel, device)
-        self.train_loader = shard_loader(train_loader, self.ranks, train=True, seed=seed)  # kept if sharded already
-        self.val_loader = shard_loader(val_loader, self.ranks, train=False)
+        pin = torch.device(device).type == "cuda"
+        self.train_loader = shard_loader(train_loader, self.ranks, train=True, seed=seed,
+                                         pin_memory=pin)  # kept if sharded already
+        self.val_loader = shard_loader(val_loader, self.ranks, train=False, pin_memory=pin)
         self.state_dir = Path(state_dir)
         self._checkpoints = CheckpointFolder(self.state_dir, self.ranks)
         self.device = device
@@ -238,6 +249,7 @@ class CompositionStage:
         if self._rng is not None:
             set_rng_state(self._rng["now"], self.train_loader)
         self._state = {**fresh, **state}
+        restore_precision(self._state, self.precision, self._scaler, "composition training")
         position = self._state["position"]
         logger.info("resuming composition training after epoch %d%s", state["epochs_done"],
                     f" and {position['step']} steps" if position else "")
@@ -249,6 +261,7 @@ class CompositionStage:
         history, position within the epoch) and the best weights when they changed since
         the last one. ``epoch_start_rng``: the generators at the start of the epoch, for a
         mid-epoch checkpoint."""
+        record_precision(self._state, self.precision, self._scaler)
         self._checkpoints.save(self._state, _flatten(students), None if self._best_saved else self._best,
                                optim.state_dict(), epoch_start_rng, self.train_loader)
         self._best_saved = True
@@ -262,12 +275,18 @@ class CompositionStage:
         optim = (torch.optim.Adam(params, lr=self.lr) if self.optimizer == "adam"
                  else torch.optim.SGD(params, lr=self.lr, momentum=0.9, nesterov=True))
         self._clock = CheckpointClock(self.checkpoint_seconds, self.checkpoint_steps)
+        self._scaler = LossScaler(self.precision)
         self._best = self._load(students, optim, fingerprint)
         state = self._state
         self._best_saved = "checkpoint" in state  # the checkpoint just read holds them
         net = SwitchableModel(self.bm, students)
+        # the teacher in eval mode: a manager's forward restores the mode a model had, recursively, and the
+        # teacher shares its frame and blocks with net.model (in training mode they would update BatchNorm)
+        self.bm.teacher.eval()
         validation = self.sampler.validation_set()
-        try:
+        with contextlib.ExitStack() as stack:
+            stack.callback(net.restore)
+            stack.enter_context(self.precision.layout([net.model, self.bm.teacher]))
             if state["epochs_done"] == 0 and not math.isfinite(state["best_val"]):
                 state["best_val"] = self._validate(net, validation)  # the block-trained weights compete too
             steps = self._steps_per_epoch()
@@ -285,8 +304,6 @@ class CompositionStage:
                 if self.verbose:
                     tqdm.write(f"composition epoch {epoch + 1}/{self.max_epoch}: train loss {train_loss:.4g}, "
                                f"held-out loss {val_loss:.4g}")
-        finally:
-            net.restore()
         history = CompositionHistory(tuple(state["train"]), tuple(state["val"]), int(state["best_epoch"]),
                                      tuple(validation))
         return _unflatten(self._best, students), history
@@ -321,6 +338,7 @@ class CompositionStage:
         bar = tqdm(batches, desc=f"composition training {epoch + 1}/{self.max_epoch}", initial=done, total=steps,
                    disable=not self.verbose, leave=False)
         for step, batch in enumerate(bar, done):
+            batch = self.precision.batch(batch)
             target, features = self._teacher(batch)
             self._set_lr(optim, epoch, step, steps)
             optim.zero_grad(set_to_none=True)
@@ -329,11 +347,12 @@ class CompositionStage:
                 loss = self._loss(net, batch, target, features)
                 value = finite_loss(loss, f"composition {list(config)}", epoch, "composition_lr=...", self.state_dir,
                                     "distillation loss")
-                loss.backward()
+                self._scaler.scale(loss).backward()
                 total += value
                 count += 1
             self.ranks.average_gradients(list(students.values()))
-            optim.step()
+            self._scaler.step(optim)
+            self._scaler.update()
             if self.ranks.any(self._clock.step_done(), "agreeing on a checkpoint"):
                 total, count = self._fold(total, count)
                 state["position"] = {"step": step + 1, "total": total, "count": count}
@@ -352,18 +371,24 @@ class CompositionStage:
         return total, int(count)
 
     def _teacher(self, batch: Any) -> Tuple[Any, Dict[str, List[torch.Tensor]]]:
-        """The teacher's output and, when features count, every block's outputs."""
+        """The teacher's output and, when features count, every block's outputs (fp32: with
+        ``amp`` the forward runs under autocast)."""
         if not self.feature_weight:
-            return self.mm.forward_to_gen_mid_data(self.bm.teacher, batch, self.device), {}
+            return self._teacher_output(batch), {}
         features: Dict[str, List[torch.Tensor]] = {n: [] for n in self.bm.block_names}
         handles = [self.bm.get_block(n).register_forward_hook(
             lambda _m, _a, out, n=n: features[n].append(out.detach())) for n in self.bm.block_names]
         try:
-            out = self.mm.forward_to_gen_mid_data(self.bm.teacher, batch, self.device)
+            out = self._teacher_output(batch)
         finally:
             for h in handles:
                 h.remove()
-        return out, features
+        return out, self.precision.fp32(features)
+
+    def _teacher_output(self, batch: Any) -> Any:
+        with self.precision.autocast():
+            out = self.mm.forward_to_gen_mid_data(self.bm.teacher, batch, self.device)
+        return self.precision.fp32(out)
 
     def _loss(self, net: SwitchableModel, batch: Any, target: Any, features: Dict[str, List[torch.Tensor]]) -> torch.Tensor:
         """Output distillation, plus ``label_weight`` times the cross-entropy with the batch's
@@ -372,10 +397,12 @@ class CompositionStage:
         handles = [slot.register_forward_hook(lambda _m, _a, out, n=n: got[n].append(out))
                    for n, slot in net.slots.items()] if self.feature_weight else []
         try:
-            out = _model_output(self.mm, net.model, batch, self.device)
+            with self.precision.autocast():
+                out = _model_output(self.mm, net.model, batch, self.device)
         finally:
             for h in handles:
                 h.remove()
+        out, got = self.precision.fp32(out), self.precision.fp32(got)
         loss = self.loss_fn(out, target)
         labels = _class_labels(out, batch)
         weight = self.label_weight if self.label_weight is not None else (1.0 if labels is not None else 0.0)
@@ -396,7 +423,8 @@ class CompositionStage:
         net.model.eval()
         total, count = 0.0, 0
         for batch in self.val_loader:
-            target = self.mm.forward_to_gen_mid_data(self.bm.teacher, batch, self.device)
+            batch = self.precision.batch(batch)
+            target = self._teacher_output(batch)
             n = batch_len(batch)
             for config in validation:
                 net.select(config)

@@ -345,7 +345,7 @@ def _sharded(loader: Any) -> bool:
                                                                                              ShardSampler))
 
 
-def shard_loader(loader: Any, ranks: Ranks, *, train: bool, seed: int = 0) -> Any:
+def shard_loader(loader: Any, ranks: Ranks, *, train: bool, seed: int = 0, pin_memory: bool = False) -> Any:
     """This rank's share of ``loader`` (``loader`` itself with one process).
 
     A ``DataLoader`` over a map-style data set with a sequential or random sampler is
@@ -354,7 +354,8 @@ def shard_loader(loader: Any, ranks: Ranks, *, train: bool, seed: int = 0) -> An
     epoch when the original shuffled, padding the shards to equal length by repeating a
     few samples), for evaluation a :class:`ShardSampler` (no padding). A loader that is
     sharded already (a ``DistributedSampler`` of the user's) is kept. Anything else is
-    split by batches (:class:`RankStrided`).
+    split by batches (:class:`RankStrided`). ``pin_memory`` (the stages pass it for a
+    CUDA device) pins a rebuilt loader's batches even where the original did not.
     """
     if not ranks.distributed or loader is None or _sharded(loader):
         return loader
@@ -372,8 +373,8 @@ def shard_loader(loader: Any, ranks: Ranks, *, train: bool, seed: int = 0) -> An
             workers = dict(prefetch_factor=loader.prefetch_factor, persistent_workers=loader.persistent_workers,
                            multiprocessing_context=loader.multiprocessing_context)
         return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
-                          num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
-                          drop_last=loader.drop_last, timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
+                          num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+                          pin_memory=loader.pin_memory or pin_memory, drop_last=loader.drop_last, timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
                           generator=loader.generator, **workers)
     return RankStrided(loader, ranks.rank, ranks.world_size, whole_rounds=train)
 
