@@ -12,7 +12,7 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -49,6 +49,8 @@ class OptimizationResult:
     # the fitted estimate's cross-validated error on measured compositions (metric units); NaN if unknown
     estimate_mean_abs_error: float = float("nan")
     estimate_max_abs_error: float = float("nan")
+    # the precision of each block ("float" or "int8"), in block order, beside ``sparsities``
+    precisions: Tuple[str, ...] = ()
 
 
 class InfeasibleBudgetError(LegoDNNError):
@@ -123,6 +125,8 @@ class ScalingOptimizer:
         self._check_profiles(model_input_size)
         self.fitted: Optional[FittedAccuracyModel] = None
         self.accuracy_model = self._accuracy_model(accuracy_model)
+        self.costs: Any = None  # another backend's options (use_backend); None: float descendants in PyTorch
+        self.options: List[List[Tuple[float, str]]] = []  # per block, the (sparsity, precision) of each option
         self.problem = self._problem()
         self._switcher = switcher
         self._cache_bytes = cache_bytes
@@ -240,17 +244,48 @@ class ScalingOptimizer:
         return teacher * math.exp(-total / teacher)
 
     def _problem(self) -> ScalingProblem:
+        """The knapsack: one option per (sparsity, precision) a block offers.
+
+        Float options in PyTorch cost what ``latency_profile.json`` and ``block_profile.json``
+        say. With another backend's ``costs`` (:meth:`use_backend`) every option takes that
+        backend's latency and bytes; an int8 option's objective is its float descendant's
+        term plus the extra drop int8 measured beyond the float drop (never below the float
+        term: quantization noise on a finite test set is not a gain), so the fitted and the
+        additive accuracy models both extend to the larger choice set and the problem stays
+        a separable multiple-choice knapsack, solved exactly by the same solver.
+        """
         table = self.profile.table()
-        sparsities = self.block_sparsity
-        drops, lats, mems = [], [], []
+        drops, lats, mems, options = [], [], [], []
         for name in self.block_names:
-            lat = self.latency.block_latencies(name)
-            drops.append([self._drop(table[name][s].metric_drop, s, name) for s in sparsities])
-            lats.append([lat[s] for s in sparsities])
-            mems.append([table[name][s].size_bytes for s in sparsities])
-        return ScalingProblem.from_arrays(
-            drops, lats, mems, frame_latency=self.latency.fixed_latency_s, frame_memory=self.profile.frame_size_bytes
-        )
+            if self.costs is None:
+                lat = self.latency.block_latencies(name)
+                rows = [(s, "float", lat[s], table[name][s].size_bytes, float("nan")) for s in self.block_sparsity]
+            else:
+                rows = self.costs.options(name)
+            row_drops = []
+            for s, precision, _, _, measured in rows:
+                float_drop = table[name][s].metric_drop
+                term = self._drop(float_drop, s, name)
+                if precision != "float":
+                    term += max(0.0, measured - float_drop)
+                row_drops.append(term)
+            drops.append(row_drops)
+            lats.append([r[2] for r in rows])
+            mems.append([r[3] for r in rows])
+            options.append([(r[0], r[1]) for r in rows])
+        self.options = options
+        frame_latency = self.latency.fixed_latency_s if self.costs is None else self.costs.frame_latency_s
+        frame_memory = self.profile.frame_size_bytes if self.costs is None else self.costs.frame_bytes
+        return ScalingProblem.from_arrays(drops, lats, mems, frame_latency=frame_latency, frame_memory=frame_memory)
+
+    def use_backend(self, switcher: Any, costs: Any = None) -> None:
+        """Serve through ``switcher`` (ONNX Runtime's, :mod:`legodnn.onnxrt`) and choose among
+        ``costs``' options: ``costs.options(block)`` lists ``(sparsity, precision, latency_s,
+        size_bytes, measured_drop)`` and ``costs.frame_latency_s``/``frame_bytes`` the rest.
+        ``costs=None`` keeps the float options and the PyTorch profiles."""
+        self._switcher = switcher
+        self.costs = costs
+        self.problem = self._problem()
 
     @property
     def switcher(self) -> BlockSwitcher:
@@ -282,12 +317,17 @@ class ScalingOptimizer:
         configuration is installed instead and returned with ``feasible=False``.
         """
         solution = self.choose(max_latency, max_memory)
-        sparsities = [self.block_sparsity[k] for k in solution.choice]
+        picks = [self.options[b][k] for b, k in enumerate(solution.choice)]
+        sparsities = [s for s, _ in picks]
+        precisions = tuple(p for _, p in picks)
         if not solution.feasible and not fallback:
-            closest = self._result(solution, sparsities, None)
+            closest = self._result(solution, sparsities, None, precisions)
             raise InfeasibleBudgetError(self._explain(solution, max_latency, max_memory), closest)
-        switch = self.switcher.switch(sparsities)
-        result = self._result(solution, sparsities, switch)
+        if self.costs is None:
+            switch = self.switcher.switch(sparsities)
+        else:
+            switch = self.switcher.switch(sparsities, list(precisions))
+        result = self._result(solution, sparsities, switch, precisions)
         logger.debug(
             "budget %s s / %s B -> %s (est. %s %.4f, %.2f ms, %.2f MB), swapped %d blocks in %.2f ms",
             max_latency, max_memory, result.sparsities, result.metric_name, result.estimated_metric,
@@ -296,7 +336,8 @@ class ScalingOptimizer:
         )
         return result
 
-    def _result(self, solution: Solution, sparsities: Sequence[float], switch: Any) -> OptimizationResult:
+    def _result(self, solution: Solution, sparsities: Sequence[float], switch: Any,
+                precisions: Tuple[str, ...] = ()) -> OptimizationResult:
         return OptimizationResult(
             sparsities=tuple(sparsities),
             feasible=solution.feasible,
@@ -312,6 +353,7 @@ class ScalingOptimizer:
             accuracy_model=self.accuracy_model,
             estimate_mean_abs_error=self.fitted.heldout_mean_abs_error if self.fitted else float("nan"),
             estimate_max_abs_error=self.fitted.heldout_max_abs_error if self.fitted else float("nan"),
+            precisions=precisions or ("float",) * len(sparsities),
         )
 
     def _explain(self, solution: Solution, max_latency: Optional[float], max_memory: Optional[float]) -> str:

@@ -13,12 +13,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Sequence
 
 import torch
 
-from ..errors import ArgumentTypeError, LegoDNNError
-from ..validation import check_float
+from ..errors import ArgumentTypeError, InvalidArgumentError, LegoDNNError
+from ..validation import check_choice, check_float
 from .optimizer import InfeasibleBudgetError, OptimizationResult, ScalingOptimizer
 
 __all__ = ["Budget", "RuntimeEvent", "OnDeviceRuntime", "memory_budget_source", "available_memory_bytes"]
@@ -83,6 +83,12 @@ class OnDeviceRuntime:
     ``threshold`` is the relative budget change that triggers a re-optimization (0.05:
     5%). With ``fallback`` an infeasible budget installs the closest configuration;
     otherwise the model stays as it is and the event records the error.
+
+    ``backend="onnxruntime"`` serves the model as a chain of ONNX Runtime sessions and
+    swaps them block by block (:mod:`legodnn.onnxrt`; needs the ``onnx`` extra);
+    ``precisions=("float", "int8")`` lets the optimizer pick int8 descendants too, which
+    only ONNX Runtime runs: the PyTorch backend refuses them. ``onnx_dir`` (default
+    ``<blocks_dir>/onnx``) and ``num_threads`` (per session) are for that backend.
     """
 
     def __init__(
@@ -92,6 +98,11 @@ class OnDeviceRuntime:
         poll_interval_s: float = 0.1,
         threshold: float = 0.05,
         fallback: bool = True,
+        *,
+        backend: str = "torch",
+        precisions: Sequence[str] = ("float",),
+        onnx_dir: Optional[str] = None,
+        num_threads: int = 1,
     ) -> None:
         if not callable(budget_source):
             raise ArgumentTypeError(
@@ -102,6 +113,19 @@ class OnDeviceRuntime:
                                       hint="pass the seconds between budget polls, e.g. poll_interval_s=0.1")
         threshold = check_float("threshold", threshold, minimum=0.0,
                                 hint="pass the relative budget change that re-optimizes, e.g. threshold=0.05 (5%)")
+        backend = check_choice("backend", backend, ("torch", "onnxruntime"),
+                               hint="'torch' serves PyTorch modules, 'onnxruntime' ONNX Runtime sessions")
+        from ..onnxrt.backend import attach_onnxruntime, check_precisions  # no onnxruntime import until used
+
+        precisions = check_precisions(precisions)
+        if backend == "onnxruntime":
+            attach_onnxruntime(optimizer, precisions, onnx_dir=onnx_dir, num_threads=num_threads)
+        elif precisions != ("float",):
+            raise InvalidArgumentError(
+                f"precisions={tuple(precisions)!r} with backend='torch': the PyTorch eager runtime serves float "
+                "descendants only (int8 ones are ONNX Runtime graphs); pass backend='onnxruntime' for int8, or "
+                "precisions=('float',)")
+        self.backend = backend
         self.optimizer = optimizer
         self.budget_source = budget_source
         self.poll_interval_s = poll_interval_s
