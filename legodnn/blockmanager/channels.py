@@ -16,6 +16,12 @@ pooling, views, reductions) freeze channels found elsewhere. Pruning then
 removes whole classes, so the block stays consistent by construction. Grouped convs and
 GroupNorm also ask for *balanced* pruning: the same number of classes goes from each of
 their groups.
+
+A *split* (``torch.split``/``chunk``/``tensor_split`` along the channels, as in Res2Net)
+gives each piece its slice of the input's atoms, and a *slice* ``x[:, a:b]`` (GhostNet)
+keeps the atoms it selects; :mod:`.splits` rewrites their sizes in a descendant. Every
+piece keeps at least one channel: the pieces of a split are parts of the pruning group
+(each loses its share), so no piece is emptied.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .layers import LayerRegistry, default_layers
+from .splits import SPLIT_FUNCTIONS, SPLIT_METHODS, SliceRecord, SplitRecord, parse_index
 
 __all__ = ["ChannelAnalysis", "PruneGroup", "analyze_channels", "channel_importance"]
 
@@ -143,11 +150,14 @@ class PruneGroup:
     """Coupling classes that share a pruning decision: filters of one or more layers.
 
     ``parts`` lists class indices; a grouped conv or a GroupNorm splits them into balanced
-    parts (the same number is removed from each), otherwise there is a single part.
+    parts (the same number is removed from each); the pieces of a split make parts that
+    each lose their own share (``balanced`` False); otherwise there is a single part.
+    Every part keeps at least one class.
     """
 
     parts: List[List[int]]
     sources: List[str]
+    balanced: bool = True  # the same number goes from each part (grouped conv, GroupNorm)
 
 
 @dataclass
@@ -162,6 +172,8 @@ class ChannelAnalysis:
     flatten_views: List[str] = field(default_factory=list)  # view/reshape nodes to rewrite
     layers: LayerRegistry = field(default_factory=lambda: default_layers)  # custom leaves it was made with
     axes: Dict[str, int] = field(default_factory=dict)  # node name -> the dim of its channels, if not 1
+    splits: Dict[str, SplitRecord] = field(default_factory=dict)  # split/chunk nodes to resize
+    slices: Dict[str, SliceRecord] = field(default_factory=dict)  # x[:, a:b] nodes to resize
 
     def axis_of(self, node_name: str) -> int:
         return self.axes.get(node_name, 1)
@@ -201,6 +213,10 @@ class _Analyzer:
         self.balanced: List[List[np.ndarray]] = []
         self.module_inputs: Dict[str, np.ndarray] = {}
         self.flatten_views: List[str] = []
+        self.pieces: Dict[fx.Node, List[Tuple[np.ndarray, int]]] = {}  # split node -> (layout, dim) per piece
+        self.splits: Dict[str, SplitRecord] = {}  # (atom ids until result())
+        self.slices: Dict[str, SliceRecord] = {}
+        self.nonempty: List[List[np.ndarray]] = []  # chunks of atoms that must each keep one
 
     # -- atoms ------------------------------------------------------------------
     def new_source(self, name: str, size: int, frozen: bool, importance: Optional[np.ndarray] = None) -> np.ndarray:
@@ -515,7 +531,64 @@ class _Analyzer:
             return lay
         return self.opaque(node)
 
+    def split(self, node: fx.Node, dim: Any) -> Optional[np.ndarray]:
+        """``split``/``chunk``/``tensor_split``: each piece gets its slice of the atoms when
+        the split is along the channels, all of them when along another dim. Only pieces
+        taken out by ``[i]`` are followed; any other use of the tuple keeps the input whole."""
+        x = node.args[0]
+        lay, in_shape = self.layout(x), _shape(x)
+        metas = node.meta.get("tensor_meta")
+        if (lay is None or in_shape is None or not isinstance(dim, int) or not isinstance(metas, (tuple, list))
+                or not all(hasattr(m, "shape") and len(m.shape) == len(in_shape) for m in metas)
+                or not all(u.op == "call_function" and u.target is operator.getitem and isinstance(u.args[1], int)
+                           for u in node.users)):
+            self.freeze(lay)
+            return None
+        axis, dim = self.axis(x), dim % len(in_shape)
+        if dim != axis:
+            self.pieces[node] = [(lay, axis)] * len(metas)
+            return None
+        sizes = [int(m.shape[dim]) for m in metas]
+        if sum(sizes) != len(lay):
+            self.freeze(lay)
+            return None
+        bounds = np.cumsum([0] + sizes)
+        chunks = [lay[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        self.pieces[node] = [(c, axis) for c in chunks]
+        self.splits[node.name] = SplitRecord(dim=dim, pieces=chunks)
+        self.nonempty.append([c for c in chunks if len(c)])
+        return None
+
+    def index(self, node: fx.Node) -> Any:
+        """``x[...]`` with slices: a crop of other dims keeps the channels, ``a:b`` on the
+        channel dim keeps those atoms (and is resized in a descendant). Integers, steps,
+        ``None`` and tensors as indices are not modelled."""
+        x = node.args[0]
+        lay, in_shape = self.layout(x), _shape(x)
+        parsed = parse_index(node.args[1], len(in_shape)) if in_shape is not None else None
+        if lay is None or parsed is None:
+            return self.opaque(node)
+        axis = self.axis(x)
+        pos, sl = parsed[axis]
+        start, stop, step = sl.indices(len(lay))
+        if step != 1 or stop <= start:
+            return self.opaque(node)
+        if (start, stop) == (0, len(lay)):
+            return lay, axis
+        self.slices[node.name] = SliceRecord(position=pos, dim=axis, channels=lay, start=start, stop=stop)
+        self.nonempty.append([lay[start:stop]])
+        return lay[start:stop], axis
+
     def visit_function(self, node: fx.Node, fn: Any) -> Optional[np.ndarray]:
+        if fn is operator.getitem:
+            if node.args[0] in self.pieces:
+                return self.pieces[node.args[0]][node.args[1]]
+            if _shape(node.args[0]) is None:
+                return None  # indexing a python container (e.g. a tuple of sizes)
+            return self.index(node)
+        if fn in SPLIT_FUNCTIONS:
+            dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+            return self.split(node, dim)
         if fn in _PASSTHROUGH_FUNCTIONS or _is_stochastic_depth(fn):
             return self.passthrough(node, spatial=fn in _SPATIAL_FUNCTIONS)
         if fn is torch.permute:
@@ -537,13 +610,14 @@ class _Analyzer:
             return self.reduce(node, dims)
         if fn is torch.reshape:
             return self.view(node)
-        if fn is operator.getitem and _shape(node.args[0]) is None:
-            return None  # indexing a python container (e.g. a tuple of sizes)
         return self.opaque(node)
 
     def visit_method(self, node: fx.Node, name: str) -> Optional[np.ndarray]:
         if name in ("size", "dim"):
             return None
+        if name in SPLIT_METHODS:
+            dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+            return self.split(node, dim)
         if name in _PASSTHROUGH_METHODS:
             return self.passthrough(node)
         if name == "permute":
@@ -602,8 +676,12 @@ class _Analyzer:
         for root, classes in sorted(by_group.items()):
             srcs = sorted({s for c in classes for s in class_sources[c] if self.sources[s].importance is not None})
             parts = self._balanced_parts(classes, class_of_atom)
+            if parts is None:
+                continue
+            balanced = len(parts) > 1
+            parts = self._nonempty_parts(parts, balanced, class_of_atom)
             if parts is not None:
-                groups.append(PruneGroup(parts=parts, sources=srcs))
+                groups.append(PruneGroup(parts=parts, sources=srcs, balanced=balanced))
         layouts = {n.name: class_of_atom[lay] for n, lay in self.layouts.items()}
         return ChannelAnalysis(
             layouts=layouts,
@@ -614,7 +692,38 @@ class _Analyzer:
             flatten_views=self.flatten_views,
             layers=self.layers,
             axes={n.name: a for n, a in self.axes.items()},
+            splits={n: r.classes(class_of_atom) for n, r in self.splits.items()},
+            slices={n: r.classes(class_of_atom) for n, r in self.slices.items()},
         )
+
+    def _nonempty_parts(self, parts: List[List[int]], balanced: bool,
+                        class_of_atom: np.ndarray) -> Optional[List[List[int]]]:
+        """Parts in which every split piece and slice keeps a channel (None: unprunable).
+
+        Without a balanced grouping the parts are refined by which pieces each class is
+        in, so each piece is a union of parts, each keeping one. A balanced grouping is
+        kept as it is when every piece holds a whole part of it (too tangled otherwise).
+        """
+        members = {c for p in parts for c in p}
+        chunk_sets = []
+        for chunks in self.nonempty:
+            sets = [set(class_of_atom[c].tolist()) & members for c in chunks]
+            if any(sets):
+                chunk_sets.append([cs for cs in sets if cs])
+        if not chunk_sets:
+            return parts
+        if balanced:
+            ok = all(any(set(p) <= cs for p in parts) for sets in chunk_sets for cs in sets)
+            return parts if ok else None
+        signature: Dict[int, tuple] = {c: () for c in members}
+        for k, sets in enumerate(chunk_sets):
+            for j, cs in enumerate(sets):
+                for c in cs:
+                    signature[c] += ((k, j),)
+        refined: Dict[tuple, List[int]] = {}
+        for c in sorted(members):
+            refined.setdefault(signature[c], []).append(c)
+        return list(refined.values())
 
     def _balanced_parts(self, classes: List[int], class_of_atom: np.ndarray) -> Optional[List[List[int]]]:
         """Split a group's classes into the parts a grouped conv or GroupNorm demands (None: unprunable)."""

@@ -19,6 +19,7 @@ from torch import fx, nn
 
 from .channels import ChannelAnalysis, analyze_channels
 from .layers import slice_channels
+from .splits import resize_splits
 
 __all__ = ["plan_pruning", "build_descendant", "kept_channels"]
 
@@ -68,9 +69,9 @@ def kept_channels(analysis: ChannelAnalysis, plan: Mapping[str, Sequence[int]]) 
         removed[classes[mask]] = True
     if (removed & ~prunable).any():
         raise ValueError("the pruning plan removes channels that must be kept")
-    for group in analysis.groups:  # a grouped conv or GroupNorm keeps its groups, none empty
+    for group in analysis.groups:  # a grouped conv or GroupNorm keeps its groups, a split its pieces
         lost = {int(removed[part].sum()) for part in group.parts}
-        if len(lost) > 1 or any(removed[part].all() for part in group.parts):
+        if (group.balanced and len(lost) > 1) or any(removed[part].all() for part in group.parts):
             raise ValueError(f"the pruning plan empties or unbalances the groups of {group.sources}")
     for src in plan:
         classes = analysis.atoms_of(src)
@@ -212,5 +213,6 @@ def build_descendant(
         if node.name in analysis.flatten_views:  # fixed sizes in a view would break: flatten
             node.op, node.target = "call_function", torch.flatten
             node.args, node.kwargs = (node.args[0], 1), {}
+    resize_splits(new, analysis.splits, analysis.slices, keep_class)
     new.recompile()
     return new
