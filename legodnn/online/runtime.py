@@ -115,7 +115,10 @@ class OnDeviceRuntime:
                                 hint="pass the relative budget change that re-optimizes, e.g. threshold=0.05 (5%)")
         backend = check_choice("backend", backend, ("torch", "onnxruntime"),
                                hint="'torch' serves PyTorch modules, 'onnxruntime' ONNX Runtime sessions")
-        from ..onnxrt.backend import attach_onnxruntime, check_precisions  # no onnxruntime import until used
+        from ..onnxrt.backend import (  # no onnxruntime import until used
+            attach_onnxruntime,
+            check_precisions,
+        )
 
         precisions = check_precisions(precisions)
         if backend == "onnxruntime":

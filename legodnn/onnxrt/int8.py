@@ -44,7 +44,12 @@ def quantize_block(float_model: bytes, calibration: Sequence[np.ndarray], input_
         raise InvalidArgumentError("quantize_block needs at least one calibration input; pass the block's inputs "
                                    "captured from the teacher on a few batches")
     require_ort()
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:

@@ -26,7 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
-from ..blockmanager.atomic import exchange_paths, remove_stale_temps, temp_path, write_bytes_atomic, write_text_atomic
+from ..blockmanager.atomic import (
+    exchange_paths,
+    remove_stale_temps,
+    temp_path,
+    write_bytes_atomic,
+    write_text_atomic,
+)
 from ..blockmanager.store import BlockStore, sparsity_tag
 from ..errors import CorruptedStoreError, NotOursError, StaleProfileError, StoreError
 from ..version import __version__
