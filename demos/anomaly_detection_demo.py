@@ -63,12 +63,17 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--category", default=None, help="the category folder under --data (MVTec layout)")
     p.add_argument("--normal-class", type=int, default=3, help="the normal digit for the default data (0-9)")
     p.add_argument("--image-size", type=int, default=None, help="resize MVTec images to this square size (default 64; 32 with --quick)")
-    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    p.add_argument("--models", default=",".join(MODELS),
+                   help=f"comma-separated, as in the other demos (default {','.join(MODELS)})")
     p.add_argument("--epochs", type=int, default=None, help="teacher epochs (default 12; 2 with --quick)")
     p.add_argument("--block-epochs", type=int, default=None, help="block retraining epochs (default 3; 1 with --quick)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--quick", action="store_true", help="small models and few epochs: a smoke run of ~20 s")
     args = add_run_options(p).parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in args.models if m not in MODELS]
+    if unknown or not args.models:
+        p.error(f"--models: {', '.join(unknown) or 'none given'}; pick from {', '.join(MODELS)}")
     if not 0 <= args.normal_class <= 9:
         p.error(f"--normal-class must be a digit 0-9, got {args.normal_class}")
     return args
