@@ -1,4 +1,5 @@
-"""Channel splits, slices and concats: torch.split/chunk/tensor_split and x[:, a:b].
+"""Channel splits, slices and concats: torch.split/chunk/tensor_split, x[:, a:b], views that
+split the channel dim into factors (channel shuffle, ResNeSt's radices) and merge it back.
 
 Small hand-written blocks in the styles of Res2Net (split, hierarchical adds, concat),
 gated units (chunk into halves multiplied together), GhostNet (concat, then a slice of
@@ -232,6 +233,43 @@ def test_split_on_channels_last_dim_and_plain_index() -> None:
     bm = _manager(model, (1, 16, 8, 8))
     _check_all_sparsities(bm, model, (1, 16, 8, 8))
     assert not bm._analysis(bm.blocks[0].name).slices  # nothing to resize
+
+
+class ShuffleBlock(nn.Module):
+    """A channel shuffle between two convs: view to (groups, C/groups), transpose, flatten back."""
+
+    def __init__(self, c: int = 16) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(c, 32, 1), nn.Conv2d(32, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        b, c, h, w = y.shape
+        y = y.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, -1, h, w)
+        return self.b(y)
+
+
+def test_channel_shuffle_is_pruned_consistently() -> None:
+    model = ShuffleBlock()
+    bm = _manager(model, (1, 16, 8, 8))
+    _check_all_sparsities(bm, model, (1, 16, 8, 8))
+    kept = bm.pruning_plan(bm.blocks[0].name, 0.5)["a"]
+    # channel j and 16 + j are shuffled next to each other: they go together
+    assert len(kept) == 16 and [k - 16 for k in kept if k >= 16] == [k for k in kept if k < 16]
+
+
+def test_radix_split_attention_is_pruned() -> None:
+    """ResNeSt's split attention: a grouped conv with 2x filters, a view into radices,
+    a sum over them, an attention softmax over the radix dim, a weighted sum."""
+    timm = pytest.importorskip("timm")
+    model = nn.Sequential(nn.Conv2d(16, 32, 1), timm.layers.SplitAttn(32, 32, radix=2), nn.Conv2d(32, 16, 1))
+    bm = _manager(model, (1, 16, 8, 8))
+    _check_all_sparsities(bm, model, (1, 16, 8, 8))
+    groups = {tuple(g.sources): g for g in bm._analysis(bm.blocks[0].name).groups}
+    assert ("1.conv", "1.fc2") in groups  # the radix conv's filters and their attention weights
+    assert groups[("0",)].balanced  # the grouped conv's two input groups lose the same number
+    block = bm.get_descendant(bm.blocks[0].name, 0.5)
+    assert block.get_submodule("1.conv").out_channels == 32 and block.get_submodule("1.conv").groups == 2
 
 
 @pytest.mark.slow

@@ -106,6 +106,37 @@ def _is_plain_layer_norm(m: nn.Module) -> bool:
 _REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
 
 
+def _align(a: Tuple[int, ...], b: Tuple[int, ...]) -> List[Tuple[List[int], List[int]]]:
+    """The dims of shape ``a`` and of its reshape ``b`` in groups of equal products
+    (size-1 dims join the group before them)."""
+    groups: List[Tuple[List[int], List[int]]] = []
+    i = j = 0
+    while i < len(a) or j < len(b):
+        gi, gj = [], []
+        pa = pb = 1
+        while True:
+            if pa <= pb and i < len(a) and (not gi or pa != pb):
+                pa *= a[i]
+                gi.append(i)
+                i += 1
+            elif j < len(b) and (not gj or pa != pb):
+                pb *= b[j]
+                gj.append(j)
+                j += 1
+            else:
+                break
+        while i < len(a) and a[i] == 1 and pa == pb:
+            gi.append(i)
+            i += 1
+        while j < len(b) and b[j] == 1 and pa == pb:
+            gj.append(j)
+            j += 1
+        if pa != pb or not gi and not gj:
+            return []
+        groups.append((gi, gj))
+    return groups
+
+
 def _shape(node: Any) -> Optional[Tuple[int, ...]]:
     if not isinstance(node, fx.Node):
         return None
@@ -408,6 +439,14 @@ class _Analyzer:
         if cin == cout == g:  # depthwise transposed conv
             self.consume(node, lay)
             return lay
+        if not transposed and node.target not in self.sources:
+            # grouped with new filters (ResNeSt's radix conv): each group of inputs and of
+            # filters loses the same number
+            self.consume(node, lay)
+            self.balanced.append(np.split(lay, g))
+            src = self.layer_source(node, m, cout)
+            self.balanced.append(np.split(src, g))
+            return src
         # other grouped convs: kept whole
         self.freeze(lay)
         src = self.layer_source(node, m, cout)
@@ -500,28 +539,45 @@ class _Analyzer:
         dims[d0 % len(shape)], dims[d1 % len(shape)] = dims[d1 % len(shape)], dims[d0 % len(shape)]
         return self.permute(node, dims)
 
-    def reduce(self, node: fx.Node, dims: Any) -> Optional[np.ndarray]:
-        in_shape = _shape(node.args[0])
-        if dims is None or in_shape is None or self.axis(node.args[0]) != 1:
+    def reduce(self, node: fx.Node, dims: Any) -> Any:
+        """A mean/sum over dims other than the batch and the channels; the channels move
+        down by the dims dropped before them (unless ``keepdim``)."""
+        in_shape, out_shape = _shape(node.args[0]), _shape(node)
+        if dims is None or in_shape is None or out_shape is None:
             return self.opaque(node)
         dims = [dims] if isinstance(dims, int) else list(dims)
         if any(not isinstance(d, int) for d in dims):
             return self.opaque(node)
-        if any(d % len(in_shape) in (0, 1) for d in dims):
+        axis = self.axis(node.args[0])
+        dims = [d % len(in_shape) for d in dims]
+        if 0 in dims or axis in dims:
             return self.opaque(node)
-        return self.layout(node.args[0])
+        if len(out_shape) == len(in_shape):  # keepdim
+            return self.layout(node.args[0]), axis
+        return self.layout(node.args[0]), axis - sum(d < axis for d in dims)
+
+    def softmax(self, node: fx.Node, dim: Any) -> Any:
+        """softmax over another dim than the channels acts on each channel alone."""
+        x = node.args[0]
+        if not isinstance(dim, int) or self.layout(x) is None or _shape(x) is None:
+            return self.opaque(node)
+        if dim % len(_shape(x)) in (0, self.axis(x)):
+            return self.opaque(node)
+        return self.passthrough(node)
 
     def view(self, node: fx.Node) -> Optional[np.ndarray]:
         x = node.args[0]
         in_shape, out_shape, lay = _shape(x), _shape(node), self.layout(x)
-        if in_shape is None or out_shape is None or lay is None or len(in_shape) < 2 or self.axis(x) != 1:
+        if in_shape is None or out_shape is None or lay is None or len(in_shape) < 2:
             return self.opaque(node)
-        if len(out_shape) == 2 and out_shape[0] == in_shape[0] and out_shape[1] == int(np.prod(in_shape[1:])):
-            self.flatten_views.append(node.name)
-            return np.repeat(lay, int(np.prod(in_shape[2:])) if len(in_shape) > 2 else 1)
         shape_args = node.args[1:]
         if len(shape_args) == 1 and isinstance(shape_args[0], (list, tuple)):
             shape_args = tuple(shape_args[0])
+        if self.axis(x) != 1:
+            return self.regroup(node, lay, in_shape, out_shape, shape_args)
+        if len(out_shape) == 2 and out_shape[0] == in_shape[0] and out_shape[1] == int(np.prod(in_shape[1:])):
+            self.flatten_views.append(node.name)
+            return np.repeat(lay, int(np.prod(in_shape[2:])) if len(in_shape) > 2 else 1)
         if (
             len(out_shape) >= 2
             and out_shape[:2] == in_shape[:2]
@@ -529,7 +585,42 @@ class _Analyzer:
             and isinstance(shape_args[1], fx.Node)  # the channel count is read, not fixed
         ):
             return lay
-        return self.opaque(node)
+        return self.regroup(node, lay, in_shape, out_shape, shape_args)
+
+    def regroup(self, node: fx.Node, lay: np.ndarray, in_shape: Tuple[int, ...], out_shape: Tuple[int, ...],
+                shape_args: Any) -> Any:
+        """A view that splits the channel dim into factors or merges it with its neighbours.
+
+        Split ``C -> (R, C/R)`` (ResNeSt's radices, a channel shuffle): the channels stay
+        on the last factor and the R copies of each are joined, so they go together.
+        Merge ``(R, C) -> R*C``: each merged channel is the channel it came from. The
+        channel dim's new size must be computed (``-1`` or read from a shape), not fixed.
+        """
+        axis = self.axis(node.args[0])
+        group = next((g for g in _align(in_shape, out_shape) if axis in g[0]), None)
+        if group is None or len(shape_args) != len(out_shape):
+            return self.opaque(node)
+        in_dims, out_dims = group
+        in_big = [d for d in in_dims if in_shape[d] > 1 or d == axis]
+        out_big = [d for d in out_dims if out_shape[d] > 1]
+        if in_big == [axis] and out_big:
+            c_out = out_big[-1]
+            factors = lay.reshape(-1, out_shape[c_out])
+            for row in factors[1:]:
+                self.unite(factors[0], row)
+            result = factors[0]
+        elif len(out_big) == 1:
+            c_out = out_big[0]
+            sizes = [in_shape[d] for d in in_dims]
+            ones = [len(lay) if d == axis else 1 for d in in_dims]
+            result = np.broadcast_to(lay.reshape(ones), sizes).reshape(-1)
+        else:
+            return self.opaque(node)
+        arg = shape_args[c_out]
+        if not (isinstance(arg, fx.Node) or arg == -1) or any(
+                isinstance(shape_args[d], fx.Node) or shape_args[d] == -1 for d in out_dims if d != c_out):
+            return self.opaque(node)  # a fixed channel count, or another factor left to work out
+        return result, c_out
 
     def split(self, node: fx.Node, dim: Any) -> Optional[np.ndarray]:
         """``split``/``chunk``/``tensor_split``: each piece gets its slice of the atoms when
@@ -580,6 +671,8 @@ class _Analyzer:
         return lay[start:stop], axis
 
     def visit_function(self, node: fx.Node, fn: Any) -> Optional[np.ndarray]:
+        if fn is getattr and len(node.args) == 2 and node.args[1] in ("shape", "dtype", "device", "ndim"):
+            return None  # reading a tensor's shape leaves its channels alone
         if fn is operator.getitem:
             if node.args[0] in self.pieces:
                 return self.pieces[node.args[0]][node.args[1]]
@@ -610,6 +703,8 @@ class _Analyzer:
             return self.reduce(node, dims)
         if fn is torch.reshape:
             return self.view(node)
+        if fn in (F.softmax, torch.softmax):
+            return self.softmax(node, node.args[1] if len(node.args) > 1 else node.kwargs.get("dim"))
         return self.opaque(node)
 
     def visit_method(self, node: fx.Node, name: str) -> Optional[np.ndarray]:
@@ -639,6 +734,8 @@ class _Analyzer:
         if name in _REDUCE_METHODS:
             dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
             return self.reduce(node, dims)
+        if name == "softmax":
+            return self.softmax(node, node.args[1] if len(node.args) > 1 else node.kwargs.get("dim"))
         return self.opaque(node)
 
     # -- result -----------------------------------------------------------------
@@ -733,6 +830,8 @@ class _Analyzer:
             chunk_classes = [sorted(set(class_of_atom[c].tolist())) for c in chunks]
             if any(c in members for cc in chunk_classes for c in cc):
                 constraints.append(chunk_classes)
+        # a grouping whose chunks hold the same classes (ResNeSt's radix copies) balances itself
+        constraints = [c for c in constraints if any(cc != c[0] for cc in c[1:])]
         if not constraints:
             return [sorted(classes)]
         if len(constraints) > 1 and any(c != constraints[0] for c in constraints[1:]):
