@@ -388,3 +388,130 @@ def test_named_models(spec, kwargs, cls, size) -> None:
     model = build_model(spec, kwargs)
     assert type(model).__name__ == cls and not model.training
     assert default_input_size(spec, model) == size
+
+
+# -- retrain and profile under torchrun ------------------------------------------------------------
+
+PLAIN = '''
+from torch import nn
+
+
+def plain(num_classes=3):
+    """Four convolutions without BatchNorm (whose batch statistics would differ between a batch
+    and its halves on two ranks): two blocks of two convs at ratio 0.5."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 12, 3, padding=1), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Conv2d(12, 12, 3, padding=1), nn.ReLU(), nn.Conv2d(12, 16, 3, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
+'''
+
+
+def write_flat_images(root: Path, per_class: Dict[str, int]) -> None:
+    """16x16 PNGs of one colour each (a shade per image): random crops, resizes and flips leave
+    them as they are, so the training images do not depend on who draws the random numbers."""
+    from PIL import Image
+
+    for split, n in per_class.items():
+        for c, (name, colour) in enumerate(COLOURS.items()):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                shade = tuple(max(0, min(255, v + 7 * i - 20 * c)) for v in colour)
+                Image.new("RGB", (16, 16), shade).save(root / split / name / f"{i}.png")
+
+
+@pytest.mark.slow
+def test_retrain_and_profile_under_torchrun_match_one_process(tmp_path: Path) -> None:
+    """``torchrun --nproc_per_node 2 -m legodnn retrain`` with 4 images per process and step
+    gives one process's store at 8 per step over the same data order (the weights within
+    1e-5, as in tests/test_distributed.py), rank 0 alone prints, and ``profile`` under
+    torchrun gives one process's profile."""
+    from safetensors.torch import save_file
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+
+    from legodnn.cli.data import load_data
+    from legodnn.cli.models import block_manager_for, build_model, load_weights
+    from legodnn.offline import BlockRetrainer
+    from legodnn.offline.holdout import split_holdout
+
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "cmd_plain_models.py").write_text(PLAIN)
+    sys.path.insert(0, str(tmp_path / "code"))
+    threads = torch.get_num_threads()
+    try:
+        write_flat_images(tmp_path / "data", {"train": 8, "test": 4})
+        sys.modules.pop("cmd_plain_models", None)
+        import cmd_plain_models
+
+        torch.manual_seed(0)
+        save_file(cmd_plain_models.plain().state_dict(), str(tmp_path / "teacher.safetensors"))
+        model = ["--model", "cmd_plain_models:plain", "--weights", tmp_path / "teacher.safetensors"]
+        ok(["extract", *model, "--sparsities", "0,0.3,0.6", "--input-size", "1,3,16,16", "--compress-layer-max-ratio",
+            "0.5", "--out", tmp_path / "blocks", "--threads", "1", "--quiet"])
+
+        # one process: the command's loaders, in the order the two processes' DistributedSamplers share
+        teacher = build_model("cmd_plain_models:plain", {})
+        load_weights(teacher, str(tmp_path / "teacher.safetensors"))
+        bm, mm, store = block_manager_for(str(tmp_path / "blocks"), teacher, "cpu", False)
+        train, _ = load_data(str(tmp_path / "data"), store.manifest.model_input_size, 8, None, 0)
+        train, held = split_holdout(train)
+        ordered = DataLoader(train.dataset, batch_size=8, sampler=DistributedSampler(train.dataset, 1, 0, seed=0))
+        BlockRetrainer(teacher, bm, mm, str(tmp_path / "blocks"), str(tmp_path / "one"), 1, ordered, held,
+                       verbose=False, composition_epochs=1).train_all_blocks()
+        ok(["profile", *model, "--blocks", tmp_path / "one", "--data", tmp_path / "data", "--batch-size", "4",
+            "--compositions", "3", "--validate", "0", "--threads", "1", "--quiet"])
+
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "LEGODNN_DIST_TIMEOUT": "60",
+               "PYTHONPATH": os.pathsep.join([str(tmp_path / "code"), str(Path(__file__).resolve().parents[1]),
+                                              os.environ.get("PYTHONPATH", "")])}
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                    "legodnn"]
+        common = [*model, "--data", tmp_path / "data", "--batch-size", "4", "--threads", "1", "--quiet"]
+        procs = {}
+        for name, argv in (("retrain", ["retrain", *common, "--blocks", tmp_path / "blocks", "--out", tmp_path / "two",
+                                        "--epochs", "1", "--composition-epochs", "1"]),
+                           ("profile", ["profile", *common, "--blocks", tmp_path / "two", "--compositions", "3",
+                                        "--validate", "0"])):
+            procs[name] = subprocess.run([*torchrun, *map(str, argv)], env=env, capture_output=True, text=True,
+                                         timeout=180)
+            assert procs[name].returncode == 0, procs[name].stderr[-4000:]
+    finally:
+        torch.set_num_threads(threads)
+        sys.path.remove(str(tmp_path / "code"))
+        sys.modules.pop("cmd_plain_models", None)
+
+    lines = procs["retrain"].stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("retrained 4 descendants for 1 epoch(s) on 2 processes"), lines
+    assert len(procs["profile"].stdout.splitlines()) == 1 and "on 12 images" in procs["profile"].stdout
+    from safetensors.torch import load_file
+
+    def weights(path: Path) -> Dict[str, torch.Tensor]:
+        manifest = json.loads((path / "manifest.json").read_text())
+        files = [manifest["frame"]["file"]] + [d["file"] for b in manifest["blocks"] for d in b["descendants"]]
+        return {f"{f}/{k}": v for f in files for k, v in load_file(str(path / f)).items()}
+
+    one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert one.keys() == two.keys()
+    assert max(float((one[k] - two[k]).abs().max()) for k in one) < 1e-5
+    assert max(float((one[k] - weights(tmp_path / "blocks")[k]).abs().max()) for k in one) > 1e-3  # it trained
+    profiles = [json.loads((tmp_path / p / "block_profile.json").read_text()) for p in ("one", "two")]
+    assert profiles[0]["num_test_samples"] == profiles[1]["num_test_samples"] == 12
+    assert [b["metric"] for b in profiles[0]["blocks"]] == [b["metric"] for b in profiles[1]["blocks"]]
+
+
+def test_fast_path_flags(store, tmp_path: Path) -> None:
+    """``--amp`` and ``--channels-last`` reach the stages; fp16 on the CPU is a wrong command line."""
+    data = ["--data", store["data"], "--batch-size", "8", "--threads", "1", "--quiet"]
+    weights = ["--weights", store["weights"]]
+    out = ok(["retrain", *MODEL, *weights, "--blocks", store["blocks"], "--out", tmp_path / "bf16", *data,
+              "--epochs", "1", "--composition-epochs", "0", "--amp", "bf16", "--channels-last"])
+    assert "retrained 4 descendants" in out and "processes" not in out
+    state = json.loads((tmp_path / "bf16" / "training" / "state.json").read_text())
+    assert state["precision"] == {"amp": "bf16", "channels_last": True}
+    assert "teacher accuracy" in ok(["profile", *MODEL, *weights, "--blocks", tmp_path / "bf16", *data,
+                                     "--compositions", "0", "--validate", "0", "--amp", "bf16", "--channels-last"])
+    code, _, err = run(["retrain", *MODEL, *weights, "--blocks", store["blocks"], "--out", tmp_path / "fp16", *data,
+                        "--amp", "fp16"])
+    assert code == 2 and "--amp='fp16' needs a CUDA device" in err and "bf16" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "fp16").exists()
+    code, _, err = run(["profile", *MODEL, "--blocks", store["trained"], *data, "--amp", "fp32"])
+    assert code == 2 and "invalid choice: 'fp32'" in err

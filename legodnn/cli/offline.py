@@ -2,7 +2,10 @@
 
 Each is the library call of its phase (``AutoBlockManager.extract_all_blocks``,
 ``BlockRetrainer.train_all_blocks``, ``BlockProfiler.profile_all_blocks``) with the model,
-data and store named on the command line. Heavy modules (the block manager, tqdm, the
+data and store named on the command line. ``retrain`` and ``profile`` also run under
+``torchrun --nproc_per_node N -m legodnn ...``: the library shards the data over the
+processes (``--batch-size`` is per process), rank 0 alone prints and writes, and the
+others wait for it. Heavy modules (the block manager, tqdm, the
 data sets) are imported inside the commands, so ``legodnn --help`` and ``legodnn serve``
 never load them.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any, Dict
 
 from .args import (
     UsageError,
@@ -40,6 +44,8 @@ EXTRACT_EXAMPLES = f"""examples:
 RETRAIN_EXAMPLES = f"""examples:
   legodnn retrain {MODEL} \\
       {WEIGHTS} --blocks runs/cli/blocks --out runs/cli/trained --data digits --epochs 1
+  legodnn retrain {MODEL} \\
+      {WEIGHTS} --blocks runs/cli/blocks --out runs/cli/trained-bf16 --data digits --epochs 1 --amp bf16 --channels-last
 """
 
 PROFILE_EXAMPLES = f"""examples:
@@ -55,6 +61,31 @@ def need_matplotlib(args: argparse.Namespace) -> None:
             import matplotlib  # noqa: F401
         except ImportError as exc:
             raise UsageError("--plot needs matplotlib: pip install 'legodnn[demo]'") from exc
+
+
+def add_fast_path(parser: argparse.ArgumentParser) -> None:
+    """``--amp`` and ``--channels-last`` (:mod:`legodnn.offline.precision`)."""
+    parser.add_argument("--amp", choices=("bf16", "fp16"), default=None,
+                        help="mixed precision for the forwards: bf16 (CPU or an Ampere+ GPU) or fp16 (CUDA, with "
+                             "loss scaling); losses and weights stay fp32 (default: fp32)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="hold models and images in NHWC layout while running (faster convolutions on GPUs)")
+
+
+def check_fast_path(args: argparse.Namespace) -> None:
+    """``--amp`` that ``--device`` cannot run is a wrong command line (exit 2), found before any work."""
+    from ..errors import LegoDNNError
+    from ..validation import check_amp
+
+    try:
+        check_amp("--amp", args.amp, args.device)
+    except LegoDNNError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def fast_path(args: argparse.Namespace) -> Dict[str, Any]:
+    """The stages' keyword arguments for ``--amp`` and ``--channels-last``."""
+    return {"amp": args.amp, "channels_last": args.channels_last}
 
 
 # -- extract ------------------------------------------------------------------
@@ -107,26 +138,33 @@ def retrain_arguments(parser: argparse.ArgumentParser) -> None:
                                            "thirds of --epochs for a classifier; 0: none)")
     parser.add_argument("--seed", type=int_arg("--seed", 0, "--seed 0"), default=0, help="random seed (default: 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace a store of another model at --out")
+    add_fast_path(parser)
     add_common(parser)
 
 
 def retrain(args: argparse.Namespace) -> int:
     """Distil every descendant from the teacher's blocks; resumes an interrupted run."""
     from ..offline.block_retrainer import BlockRetrainer
+    from ..offline.precision import pin_memory, synchronize
     from .data import load_data
 
+    check_fast_path(args)
     set_threads(args.threads)
     model = model_from_args(args)
     block_manager, model_manager, store = block_manager_for(args.blocks, model, args.device, not args.quiet)
     train, _ = load_data(args.data, store.manifest.model_input_size, args.batch_size, args.subset, args.seed)
     start = time.perf_counter()
-    retrainer = BlockRetrainer(model, block_manager, model_manager, args.blocks, args.out, args.epochs, train,
-                               device=args.device, verbose=not args.quiet, composition_epochs=args.composition_epochs,
-                               seed=args.seed, overwrite=args.overwrite)
+    retrainer = BlockRetrainer(model, block_manager, model_manager, args.blocks, args.out, args.epochs,
+                               pin_memory(train, args.device), device=args.device, verbose=not args.quiet,
+                               composition_epochs=args.composition_epochs, seed=args.seed, overwrite=args.overwrite,
+                               **fast_path(args))
     retrainer.train_all_blocks()
-    count = len(block_manager.block_names) * (len(block_manager.block_sparsity) - 1)
-    print(f"retrained {count} descendants for {args.epochs} epoch(s) in {time.perf_counter() - start:.1f} s: "
-          f"{args.out}")
+    synchronize(args.device)
+    if retrainer.ranks.is_main:  # under torchrun: one report, rank 0's
+        count = len(block_manager.block_names) * (len(block_manager.block_sparsity) - 1)
+        ranks = f" on {retrainer.ranks.world_size} processes" if retrainer.ranks.distributed else ""
+        print(f"retrained {count} descendants for {args.epochs} epoch(s){ranks} in "
+              f"{time.perf_counter() - start:.1f} s: {args.out}")
     return 0
 
 
@@ -144,28 +182,34 @@ def profile_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", action="store_true",
                         help="also draw accuracy_drop.png and, with --validate, accuracy_estimates.png in --blocks")
     parser.add_argument("--seed", type=int_arg("--seed", 0, "--seed 0"), default=0, help="random seed (default: 0)")
+    add_fast_path(parser)
     add_common(parser)
 
 
 def profile(args: argparse.Namespace) -> int:
     """Measure each descendant's accuracy drop (and fit the estimate on whole compositions)."""
     from ..offline.block_profiler import BlockProfiler
+    from ..offline.precision import pin_memory
     from .data import load_data
 
     need_matplotlib(args)
+    check_fast_path(args)
     set_threads(args.threads)
     model = model_from_args(args)
     block_manager, model_manager, store = block_manager_for(args.blocks, model, args.device, not args.quiet)
     size = store.manifest.model_input_size
     _, test = load_data(args.data, size, args.batch_size, args.subset, args.seed)
-    profiler = BlockProfiler(model, block_manager, model_manager, args.blocks, test, size, args.device,
-                             verbose=not args.quiet)
+    profiler = BlockProfiler(model, block_manager, model_manager, args.blocks, pin_memory(test, args.device), size,
+                             args.device, verbose=not args.quiet, **fast_path(args))
     result = profiler.profile_all_blocks(num_compositions=args.compositions, seed=args.seed)
-    print(f"teacher {result.metric_name} {result.teacher_metric:.4f} on {result.num_test_samples} images; "
-          f"{len(result.blocks)} descendants profiled: {Path(args.blocks) / 'block_profile.json'}")
     report = None
     if args.validate:
         report = profiler.validate_accuracy_model(num_compositions=args.validate, seed=args.seed + 1)
+    if not profiler.ranks.is_main:  # under torchrun: rank 0 reports and draws
+        return 0
+    print(f"teacher {result.metric_name} {result.teacher_metric:.4f} on {result.num_test_samples} images; "
+          f"{len(result.blocks)} descendants profiled: {Path(args.blocks) / 'block_profile.json'}")
+    if report is not None:
         fitted = f", fitted {report.mean_abs_error_fitted:.4f}" if report.estimated_fitted else ""
         print(f"estimates on {args.validate} new compositions: mean abs error additive {report.mean_abs_error:.4f}"
               f"{fitted} (best: {report.best})")
