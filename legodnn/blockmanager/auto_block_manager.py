@@ -85,6 +85,20 @@ class AutoBlockManager:
     not stored yet, since the manifest records one input shape, unless a model manager
     makes its inputs from one shape). ``layers`` declares custom layer types (:mod:`legodnn.blockmanager.layers`); by default
     :data:`~legodnn.blockmanager.default_layers`, the registry the switcher also uses.
+
+    Args:
+        block_sparsity: the descendants' sparsities, each in [0, 1): the fraction of a
+            block's internal filters removed (``[0.0, 0.3, 0.6, 0.8]``); 0.0 is added.
+        model: the trained model (the teacher), traced with ``torch.fx``.
+        model_manager: how to run the model (``CommonModelManager()`` for a classifier);
+            ``None`` runs it on one random tensor per input shape.
+        model_input_size: the dummy input's shape with its batch dim, ``(1, 3, 32, 32)``,
+            or a tuple of shapes for a model with several tensor inputs.
+        compress_layer_max_ratio: a block holds at most this fraction of the model's
+            convolutions (at least 2).
+        device: where the model runs while blocks are found and measured.
+        verbose: log what was traced and found.
+        layers: a registry of custom layer types instead of ``default_layers``.
     """
 
     def __init__(
@@ -356,6 +370,14 @@ class AutoBlockManager:
         exchanged in one step). An existing store of this model is replaced; another
         model's store needs ``overwrite=True``; a path holding anything else is refused
         (:class:`~legodnn.errors.NotOursError`) and left as it is.
+
+        Args:
+            blocks_dir: the blocks directory to write (created).
+            overwrite: replace a store of another model at ``blocks_dir``.
+
+        Returns:
+            One spec per descendant (block, sparsity, kept filters, parameters, FLOPs,
+            bytes, file hash), in block order.
         """
         with StoreWriter(blocks_dir, self.fingerprint, overwrite) as writer:
             manifest, descendants = self._write(writer)

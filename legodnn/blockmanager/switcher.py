@@ -212,7 +212,16 @@ class BlockSwitcher:
         return wanted
 
     def switch(self, sparsities: Sparsities) -> SwitchResult:
-        """Install a configuration, replacing only the blocks whose sparsity changes."""
+        """Install a configuration, replacing only the blocks whose sparsity changes.
+
+        Args:
+            sparsities: one sparsity per block, in block order, or a dict
+                ``{block_name: sparsity}`` for some blocks (the others stay).
+
+        Returns:
+            What was installed: every block's sparsity, the blocks changed, those read
+            from disk, the bytes loaded and the seconds the switch took.
+        """
         given = self._normalize(sparsities)
         with self._lock:
             start = time.perf_counter()

@@ -247,6 +247,15 @@ class BlockProfiler:
         optimizer maximizes is fitted on them (:mod:`accuracy_fit`), written as
         ``accuracy_estimate.json`` with its cross-validated error. ``num_compositions=0``
         skips them; the optimizer then falls back to summed single-block drops.
+
+        Args:
+            num_compositions: whole compositions measured to fit the accuracy estimate.
+            seed: draws the random compositions.
+
+        Returns:
+            The profile (teacher metric, size, FLOPs; per descendant its metric drop,
+            bytes, FLOPs and parameters), also written as ``block_profile.json`` and
+            ``block_profile.csv``.
         """
         check_int("num_compositions", num_compositions, minimum=0,
                   hint="pass e.g. num_compositions=24, or 0 to skip the fitted estimate")

@@ -277,7 +277,18 @@ class LatencyEstimator:
         self, num_compositions: int = 20, calibrate: bool = True, seed: int = 0
     ) -> LatencyProfile:
         """Time every descendant and the teacher, then calibrate and validate on
-        ``num_compositions`` random compositions each (0 skips both)."""
+        ``num_compositions`` random compositions each (0 skips both).
+
+        Args:
+            num_compositions: random compositions measured to fit the calibration, and as
+                many more to report the estimate's error (``profile.validation``).
+            calibrate: fit ``frame + offset + scale x sum(blocks)`` (kept only where it
+                beats the plain sum in cross-validation).
+            seed: draws the random compositions.
+
+        Returns:
+            The latency profile, also written to ``latency_profile.json`` in the store.
+        """
         num_compositions = check_int("num_compositions", num_compositions, minimum=0,
                                      hint="pass e.g. num_compositions=20, or 0 to skip calibration and validation")
         seed = check_int("seed", seed)

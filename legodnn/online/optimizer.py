@@ -315,6 +315,21 @@ class ScalingOptimizer:
         An infeasible budget raises :class:`InfeasibleBudgetError` saying which budget
         binds and what the closest configuration costs; with ``fallback=True`` that closest
         configuration is installed instead and returned with ``feasible=False``.
+
+        Args:
+            max_latency: the latency budget in seconds (``None``: no limit), compared with
+                the latency profile's estimate.
+            max_memory: the memory budget in bytes (``None``: no limit): parameters plus
+                buffers of the composed model.
+            fallback: install the closest configuration instead of raising when no
+                configuration fits.
+
+        Returns:
+            The configuration installed (sparsities, estimated metric, latency and bytes),
+            the blocks swapped, the bytes loaded, and the swap and solve times.
+
+        Raises:
+            InfeasibleBudgetError: no configuration fits and ``fallback`` is false.
         """
         solution = self.choose(max_latency, max_memory)
         picks = [self.options[b][k] for b, k in enumerate(solution.choice)]
