@@ -92,12 +92,16 @@ def _flat_tensors(value: Any) -> List[torch.Tensor]:
     return []
 
 
-def _trace_one(module: nn.Module, example: Any, layers: LayerRegistry) -> fx.GraphModule:
+def _trace_one(module: nn.Module, example: Any, layers: LayerRegistry,
+               expected: Optional[List[torch.Tensor]] = None) -> fx.GraphModule:
     """Trace ``module`` for its tensor input(s), annotate shapes, check it matches eager.
 
     ``example`` is one tensor, or a tuple of tensors for a module whose forward takes
     several (a two-image model): each becomes a placeholder; blocks inside still take
     one tensor each (the region finder sees one graph input above all placeholders).
+    ``expected`` is the eager output's tensors on ``example`` if already known (recorded
+    during the dummy run), which saves a forward; the shape propagation's run is the
+    traced graph's output, so a large model runs twice here, not four times.
     """
     examples = tuple(example) if isinstance(example, (tuple, list)) else (example,)
     concrete = _concrete_args(module, len(examples))
@@ -126,9 +130,9 @@ def _trace_one(module: nn.Module, example: Any, layers: LayerRegistry) -> fx.Gra
     gm.graph.eliminate_dead_code()
     gm.recompile()
     with torch.no_grad():
-        ShapeProp(gm).propagate(*examples)
-        expected = _flat_tensors(module(*examples))
-        got = _flat_tensors(gm(*examples))
+        got = _flat_tensors(ShapeProp(gm).propagate(*examples))
+        if expected is None:
+            expected = _flat_tensors(module(*examples))
     if len(expected) != len(got) or any(
         e.shape != g.shape or not torch.equal(e, g) for e, g in zip(expected, got)
     ):
@@ -139,24 +143,31 @@ def _trace_one(module: nn.Module, example: Any, layers: LayerRegistry) -> fx.Gra
 def _capture_inputs(
     model: nn.Module, paths: Sequence[str], run: Callable[[], Any]
 ) -> Dict[str, Tuple[Any, ...]]:
-    """Run the model once and record the first positional inputs of each named submodule."""
+    """Run the model once and record the first positional inputs of each named submodule,
+    and (``outputs``) copies of the tensors that first call gave."""
     seen: Dict[str, Tuple[Any, ...]] = {}
     handles = []
     modules = dict(model.named_modules())
     for path in paths:
 
         def hook(_m: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any], path: str = path) -> None:
-            if path not in seen:
-                seen[path] = (args, kwargs)
+            if path not in seen:  # copies, as the input the call got (it may change it in place)
+                seen[path] = (tuple(a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args), kwargs)
+
+        def out_hook(_m: nn.Module, _args: Any, _kwargs: Any, output: Any, path: str = path) -> None:
+            if path in seen and path not in outputs:  # copies: the caller may change them in place
+                outputs[path] = [t.detach().clone() for t in _flat_tensors(output)]
 
         handles.append(modules[path].register_forward_pre_hook(hook, with_kwargs=True))
+        handles.append(modules[path].register_forward_hook(out_hook, with_kwargs=True))
+    outputs: Dict[str, List[torch.Tensor]] = {}
     try:
         with torch.no_grad():
             run()
     finally:
         for h in handles:
             h.remove()
-    return seen
+    return {p: v + (outputs.get(p),) for p, v in seen.items()}
 
 
 def trace_model(
@@ -182,7 +193,8 @@ def trace_model(
             parts = []
             for p in paths:
                 example = _example_of(inputs[p][0])
-                parts.append(TracedPart(p, _trace_one(model.get_submodule(p), example, layers), example))
+                parts.append(TracedPart(p, _trace_one(model.get_submodule(p), example, layers, inputs[p][2]),
+                                        example))
             return parts
         except Exception as exc:
             raise TraceError(f"cannot trace the parts {list(paths)} of this model: {exc}") from exc
@@ -200,11 +212,11 @@ def _trace_parts(model: nn.Module, run_dummy: Callable[[], Any], layers: LayerRe
         for path in frontier:
             module = model.get_submodule(path)
             if path in inputs:
-                args, kwargs = inputs[path]
+                args, kwargs, output = inputs[path]
                 if args and not kwargs and all(isinstance(a, torch.Tensor) for a in args):
                     example = _example_of(args)
                     try:
-                        gm = _trace_one(module, example, layers)
+                        gm = _trace_one(module, example, layers, output)
                     except Exception as exc:  # any fx failure means: look deeper
                         failures[path or "<model>"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
                     else:
