@@ -144,6 +144,7 @@ class AutoBlockManager:
         self._call_shapes: Optional[Dict[str, List[Tuple[int, ...]]]] = None
         self.partition = self._find_blocks()
         self._analyses = {s.name: self._analysis(s.name) for s in self.partition.specs}
+        self._refuse_unfused_branches()
         self.find_seconds = time.perf_counter() - start
         logger.info(
             "%d blocks cover %.1f%% of conv parameters (at most %d convs per block)",
@@ -186,6 +187,31 @@ class AutoBlockManager:
                 f"max convs per block: {self.max_convs_per_block} (raise compress_layer_max_ratio for larger blocks)"
             )
         return Partition.from_regions(self.parts, chosen)
+
+    def _refuse_unfused_branches(self) -> None:
+        """Refuse a model whose re-parameterisable blocks are still in their training form.
+
+        A RepVGG or MobileOne block sums a 3x3 conv, a 1x1 conv and an identity branch:
+        every filter it has writes into the residual stream of its stage, so nothing can
+        be pruned short of a block holding the whole stage. Fused into one conv each
+        (what such a model is deployed as), it is a plain chain of convs and prunes well.
+        """
+        if self.coverage >= 0.8:
+            return
+        inside = {id(m) for s in self.blocks for m in self.get_block(s.name).modules()}
+        unfused = sorted({
+            type(m).__name__ for m in self.model.modules()
+            if any(callable(getattr(m, a, None)) for a in _REPARAM_METHODS)
+            and any(self.layers.is_conv(c) and id(c) not in inside for c in m.modules())
+        })
+        if unfused:
+            raise LegoDNNError(
+                f"the model's {', '.join(unfused)} modules are re-parameterisable multi-branch blocks in their "
+                "training form: each adds "
+                "its conv branches into its stage's residual stream, so only "
+                f"{100 * self.coverage:.0f}% of the conv parameters can go into prunable blocks. Fuse them first "
+                "(timm: model = timm.utils.reparameterize_model(model); other code: each block's "
+                "reparameterize() or switch_to_deploy()), then build the block manager on the fused model")
 
     def _analysis(self, name: str) -> ChannelAnalysis:
         if name not in self._analyses:
@@ -429,6 +455,9 @@ class AutoBlockManager:
             _check_manifest_round_trip(manifest)
         return manifest, all_desc
 
+
+#: methods by which re-parameterisable blocks (RepVGG, MobileOne) fuse their branches
+_REPARAM_METHODS = ("reparameterize", "switch_to_deploy")
 
 #: modules whose output shape :meth:`AutoBlockManager.compose` has checked, with the
 #: (input, output) shapes they passed for; weak, so a checked module can still be freed
