@@ -115,17 +115,15 @@ class OnDeviceRuntime:
                                 hint="pass the relative budget change that re-optimizes, e.g. threshold=0.05 (5%)")
         backend = check_choice("backend", backend, ("torch", "onnxruntime"),
                                hint="'torch' serves PyTorch modules, 'onnxruntime' ONNX Runtime sessions")
-        from ..onnxrt.backend import (  # no onnxruntime import until used
-            attach_onnxruntime,
-            check_precisions,
-        )
-
-        precisions = check_precisions(precisions)
         if backend == "onnxruntime":
+            # imported here: a device serving PyTorch modules needs neither onnxruntime nor what exports to it
+            from ..onnxrt.backend import attach_onnxruntime, check_precisions
+
+            precisions = check_precisions(precisions)
             attach_onnxruntime(optimizer, precisions, onnx_dir=onnx_dir, num_threads=num_threads)
-        elif precisions != ("float",):
+        elif _torch_precisions(precisions) != ("float",):
             raise InvalidArgumentError(
-                f"precisions={tuple(precisions)!r} with backend='torch': the PyTorch eager runtime serves float "
+                f"precisions={_torch_precisions(precisions)!r} with backend='torch': the PyTorch eager runtime serves float "
                 "descendants only (int8 ones are ONNX Runtime graphs); pass backend='onnxruntime' for int8, or "
                 "precisions=('float',)")
         self.backend = backend
@@ -229,3 +227,15 @@ class OnDeviceRuntime:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def _torch_precisions(precisions: Any) -> tuple:
+    """``precisions`` for the PyTorch backend, in canonical order (as ``legodnn.onnxrt``
+    checks them, without importing it): a non-empty subset of float and int8."""
+    allowed = ("float", "int8")
+    given = [precisions] if isinstance(precisions, str) else (
+        list(precisions) if isinstance(precisions, (list, tuple)) else None)
+    if not given or any(p not in allowed for p in given):
+        raise InvalidArgumentError(
+            f"precisions must list some of {list(allowed)}, got {precisions!r}; e.g. precisions=('float', 'int8')")
+    return tuple(p for p in allowed if p in given)
