@@ -1,18 +1,28 @@
-"""Blocks found and conv-parameter coverage per model (the README's coverage table).
+"""Blocks, conv-parameter coverage, parameter cut at all-0.8 and extraction time per model.
 
-    python bench/coverage.py [--ratio 0.125] [--models cifar_resnet18 tv_vgg16_bn ...]
+    python bench/coverage.py [--ratio 0.125] [--models cifar_resnet18 tv_vgg16_bn ...] [--markdown docs/zoo.md]
+
+Every model is built at random weights in eval mode at its standard input size; the block
+manager is made with sparsities [0, .3, .6, .8] and ``extract_all_blocks`` writes its
+store into a temporary directory. "find s" is the block manager alone, "extract s" the
+manager plus extraction. A model refused with a legodnn error gets its message.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 import time
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import torch
 from torch import nn
 
-from legodnn import AutoBlockManager
+from legodnn import AutoBlockManager, LegoDNNError
+from legodnn.blockmanager.measure import count_params
+
+SPARSITIES = [0.0, 0.3, 0.6, 0.8]
 
 
 def _tv(name: str, **kw) -> Callable[[], nn.Module]:
@@ -29,6 +39,29 @@ def _cv(name: str, **kw) -> Callable[[], nn.Module]:
         from cv_tasks import get_model
 
         return get_model(name, **kw)
+
+    return build
+
+
+def _seg(name: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import torchvision
+
+        return getattr(torchvision.models.segmentation, name)(weights=None, weights_backbone=None)
+
+    return build
+
+
+def _tm(name: str, fused: bool = False, **kw) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import timm
+
+        model = timm.create_model(name, pretrained=False, **kw)
+        if fused:
+            from timm.utils.model import reparameterize_model
+
+            model = reparameterize_model(model.eval())
+        return model
 
     return build
 
@@ -64,29 +97,82 @@ MODELS: Dict[str, Tuple[Callable[[], nn.Module], Tuple[int, ...]]] = {
     "r3d_18": (_cv("r3d_18"), (1, 3, 8, 112, 112)),
     "r2plus1d_18": (_cv("r2plus1d_18"), (1, 3, 8, 112, 112)),
     "conv_autoencoder": (_cv("conv_autoencoder"), (1, 3, 64, 64)),
+    # segmentation at full size (issue 14's extraction-time target: under 30 s each)
+    "tv_fcn_resnet50": (_seg("fcn_resnet50"), (1, 3, 224, 224)),
+    "tv_fcn_resnet101": (_seg("fcn_resnet101"), (1, 3, 224, 224)),
+    "tv_deeplabv3_resnet101": (_seg("deeplabv3_resnet101"), (1, 3, 224, 224)),
+    # channels-last and hybrid models
+    "tv_convnext_tiny": (_tv("convnext_tiny"), (1, 3, 224, 224)),
+    "tv_maxvit_t": (_tv("maxvit_t"), (1, 3, 224, 224)),
+    # timm models named in issue 14
+    "tm_res2net50_26w_4s": (_tm("res2net50_26w_4s"), (1, 3, 224, 224)),
+    "tm_resnest14d": (_tm("resnest14d"), (1, 3, 224, 224)),
+    "tm_ghostnet_100": (_tm("ghostnet_100"), (1, 3, 224, 224)),
+    "tm_repvgg_a2": (_tm("repvgg_a2"), (1, 3, 224, 224)),
+    "tm_repvgg_a2_fused": (_tm("repvgg_a2", fused=True), (1, 3, 224, 224)),
+    "tm_hrnet_w18_small": (_tm("hrnet_w18_small"), (1, 3, 224, 224)),
+    "tm_ese_vovnet19b_dw": (_tm("ese_vovnet19b_dw"), (1, 3, 224, 224)),
+    "tm_mobilevit_xxs": (_tm("mobilevit_xxs"), (1, 3, 256, 256)),
+    "tm_nf_resnet26": (_tm("nf_resnet26"), (1, 3, 224, 224)),
+    "tm_levit_128s": (_tm("levit_128s"), (1, 3, 224, 224)),
 }
+
+
+def measure(name: str, ratio: float) -> dict:
+    build, size = MODELS[name]
+    torch.manual_seed(0)
+    model = build().eval()
+    start = time.perf_counter()
+    try:
+        m = AutoBlockManager(SPARSITIES, model, None, size, ratio, verbose=False)
+    except LegoDNNError as exc:
+        return dict(refused=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - start)
+    found = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as tmp:
+        m.extract_all_blocks(os.path.join(tmp, "blocks"))
+    extracted = time.perf_counter() - start
+    smallest = m.compose({s.name: m.get_descendant(s.name, 0.8) for s in m.blocks})
+    cut = 1 - count_params(smallest) / count_params(model)
+    parts = ",".join(p.path or "<model>" for p in m.parts)
+    return dict(blocks=len(m.blocks), convs=m.total_convs, max_convs=m.max_convs_per_block, coverage=m.coverage,
+                cut=cut, find_seconds=found, seconds=extracted, parts=parts, size=list(size))
+
+
+def markdown(results: Dict[str, dict], ratio: float, threads: int) -> List[str]:
+    lines = [f"| model | input | convs | max/block | blocks | coverage | cut at all-0.8 | find s | extract s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        size = "x".join(str(d) for d in MODELS[name][1][2:])
+        if "refused" in r:
+            lines.append(f"| {name} | {size} | | | refused | | | {r['seconds']:.1f} | |")
+        else:
+            lines.append(f"| {name} | {size} | {r['convs']} | {r['max_convs']} | {r['blocks']} | "
+                         f"{100 * r['coverage']:.1f}% | {100 * r['cut']:.1f}% | {r['find_seconds']:.1f} | "
+                         f"{r['seconds']:.1f} |")
+    return lines
 
 
 def main(argv=None) -> Dict[str, dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ratio", type=float, default=0.125, help="compress_layer_max_ratio")
     parser.add_argument("--models", nargs="*", default=list(MODELS))
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--markdown", help="also write the table (markdown) to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"{'model':28s} {'parts':24s} {'convs':>5s} {'max/blk':>7s} {'blocks':>6s} {'coverage':>8s} {'find s':>7s}")
+    print(f"{'model':28s} {'convs':>5s} {'max/blk':>7s} {'blocks':>6s} {'coverage':>8s} {'cut':>6s} "
+          f"{'find s':>7s} {'extr s':>7s}")
     results = {}
     for name in args.models:
-        build, size = MODELS[name]
-        torch.manual_seed(0)
-        model = build().eval()
-        start = time.perf_counter()
-        m = AutoBlockManager([0.0, 0.5], model, None, size, args.ratio, verbose=False)
-        seconds = time.perf_counter() - start
-        parts = ",".join(p.path or "<model>" for p in m.parts)
-        results[name] = dict(blocks=len(m.blocks), coverage=m.coverage, seconds=seconds, parts=parts)
-        print(f"{name:28s} {parts[:24]:24s} {m.total_convs:5d} {m.max_convs_per_block:7d} {len(m.blocks):6d} "
-              f"{100 * m.coverage:7.1f}% {seconds:7.2f}")
+        r = results[name] = measure(name, args.ratio)
+        if "refused" in r:
+            print(f"{name:28s} refused: {r['refused'][:100]}", flush=True)
+            continue
+        print(f"{name:28s} {r['convs']:5d} {r['max_convs']:7d} {r['blocks']:6d} {100 * r['coverage']:7.1f}% "
+              f"{100 * r['cut']:5.1f}% {r['find_seconds']:7.1f} {r['seconds']:7.1f}", flush=True)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write("\n".join(markdown(results, args.ratio, args.threads)) + "\n")
     return results
 
 
