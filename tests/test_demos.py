@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import shutil
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -46,7 +45,8 @@ def test_image_classification_demo_quick(tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = demo.main(["--quick", "--quiet", "--out", str(out), "--device", "cpu"])
     assert result["dataset"] == "digits" and "digits" in result["data_description"]
-    assert 0.0 <= result["teacher_accuracy"] <= 1.0
+    assert result["teacher_accuracy"] >= 0.6  # trained: chance is 0.1 (measured 0.925 on 200 test images)
+    assert result["threads"] >= 1 and result["settings"]["base_width"] == 8
     assert result["num_blocks"] == 8 and result["num_descendants"] == 8 * len(demo.SPARSITIES)
     rows = result["rows"]
     assert [r["label"] for r in rows] == ["teacher", "all 0.3", "all 0.6", "all 0.8", "random 1", "random 2"]
@@ -60,17 +60,20 @@ def test_image_classification_demo_quick(tmp_path: Path) -> None:
     for smaller, larger in zip(uniform[1:], uniform):
         assert smaller["size_bytes"] < larger["size_bytes"] and smaller["flops"] < larger["flops"]
     assert all(0.0 <= r["measured_accuracy"] <= 1.0 for r in rows)
-    assert {"data", "teacher", "extract", "retrain", "profile", "table"} <= set(result["timings"])
+    assert {"data", "teacher", "extract", "retrain", "profile", "table", "plots"} <= set(result["timings"])
+    assert set(result["cpu_seconds"]) == set(result["timings"])
+    assert [o["latency_fraction"] for o in result["online"]] == [b[0] for b in demo.BUDGETS]
+    assert all(Path(p).is_file() for p in result["plots"]) and len(result["plots"]) == 2
     assert (out / "results.json").is_file() and (out / "trained_blocks" / "block_profile.csv").is_file()
     # the saved teacher loads back with the same accuracy (what --teacher does)
     data = demo.load_data(None, quick=True)
-    fresh = demo.build_teacher(10, "cpu", seed=1)
+    settings = demo.Settings.defaults("digits", quick=True)
+    fresh = demo.build_teacher(10, "cpu", base_width=settings.base_width, seed=1)
     assert demo.load_teacher(fresh, out / "teacher.safetensors", data, "cpu") == result["teacher_accuracy"]
     # retraining again into the same directory, for another teacher (other blocks), starts afresh
     # (the retrainer alone would refuse the training state of the first run)
-    other = demo.build_teacher(10, "cpu", seed=1)
+    other = demo.build_teacher(10, "cpu", base_width=settings.base_width, seed=1)
     bm, mm, _ = demo.extract_blocks(other, out / "blocks", "cpu", verbose=False)
-    settings = demo.Settings.defaults("digits", quick=True)
     history = demo.retrain_blocks(other, bm, mm, out / "blocks", out / "trained_blocks", data, settings, "cpu",
                                   verbose=False)
     assert len(history) == 8 * 3 and (out / "trained_blocks" / "manifest.json").is_file()
@@ -89,22 +92,36 @@ def test_image_classification_demo_data_choice(tmp_path: Path) -> None:
     assert x.shape[1:] == (3, 32, 32)
 
 
+def test_default_threads_leave_busy_cores_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    demo = _load("image_classification_demo")
+    monkeypatch.setattr(demo.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(demo.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    assert demo.default_threads()[0] == 2
+    monkeypatch.setattr(demo.os, "getloadavg", lambda: (1.2, 1.0, 1.0))
+    assert demo.default_threads()[0] == 1
+    monkeypatch.setattr(demo.os, "getloadavg", lambda: (7.5, 7.0, 6.0))
+    threads, why = demo.default_threads()
+    assert threads == 1 and "load average 7.5" in why
+
+
 @pytest.mark.slow
 def test_image_classification_notebook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The notebook as shipped (QUICK = True) runs, calls legodnn itself and trains a real teacher."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     nb = nbformat.read(DEMOS / "image_classification.ipynb", as_version=4)
-    setup = next(c for c in nb.cells if c.cell_type == "code" and "QUICK = " in c.source)
-    setup.source = re.sub(r"^QUICK = False", "QUICK = True", setup.source, flags=re.M)
-    assert "QUICK = True" in setup.source
-    shutil.copy(DEMOS / "image_classification_demo.py", tmp_path)  # beside the notebook, as in demos/
-    # the kernel imports legodnn and cv_tasks from this checkout, installed or not
+    source = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert re.search(r"^QUICK = True", source, flags=re.M)  # the quick path is the default
+    assert "from legodnn import" in source and "image_classification_demo" not in source
+    # the kernel imports legodnn and cv_tasks from this checkout, installed or not; one torch thread
     root = str(DEMOS.parent)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
     client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "teacher test accuracy" in text and "65,536 descendant models" in text
-    assert "all 0.8" in text and "accuracy models on random models" in text
-    assert (tmp_path / "runs" / "image_classification_notebook" / "trained_blocks" / "block_profile.csv").is_file()
+    accuracy = float(re.search(r"teacher test accuracy ([\d.]+)%", text).group(1))
+    assert accuracy >= 60, text  # chance is 10%
+    assert "65,536 descendant models" in text and "random compositions" in text and "of the teacher" in text
+    store = tmp_path / "runs" / "image_classification_notebook" / "trained_blocks"
+    assert (store / "block_profile.csv").is_file() and (store / "front_size.png").is_file()
