@@ -80,7 +80,7 @@ def test_folder_layout_and_plan(exported) -> None:
 @pytest.mark.parametrize("which", [0, 1, 2])
 def test_chain_equals_one_session_and_pytorch(exported, which: int) -> None:
     store, model, _ = exported
-    ort_sw = OrtBlockSwitcher.from_store(store)
+    ort_sw = OrtBlockSwitcher.from_store(store, fuse=False)  # the chain of sessions
     torch_sw = BlockSwitcher(str(store), model)
     config = _configs(len(ort_sw.block_names))[which]
     ort_sw.switch(config)
@@ -96,6 +96,11 @@ def test_chain_equals_one_session_and_pytorch(exported, which: int) -> None:
     # a second batch size gets its own buffers; the first still works
     assert torch.allclose(ort_sw.model(x[:1]), chained[:1], atol=FLOAT_ATOL, rtol=0)
     assert torch.allclose(ort_sw.model(x), chained, atol=0, rtol=0)
+    assert not ort_sw.is_fused and not ort_sw.wait_fused(0.1)
+    # the fused session of the configuration, built from the chain's ONNX files, equals them too
+    fused = ort_sw.fused_session()
+    out = fused.session.run(None, {"v0": x.numpy()})[0]
+    assert torch.allclose(torch.from_numpy(out), one_session, atol=FLOAT_ATOL, rtol=0)
 
 
 def test_int8_composes_with_float_and_stays_close(exported) -> None:
@@ -133,15 +138,19 @@ def test_swap_loads_only_changed_blocks_and_caches(exported) -> None:
 
 def test_concurrent_inference_sees_whole_configurations(exported) -> None:
     store, _, _ = exported
-    sw = OrtBlockSwitcher.from_store(store)
+    sw = OrtBlockSwitcher.from_store(store)  # fuses in the background while the swaps go on
+    chain = OrtBlockSwitcher.from_store(store, fuse=False)
     n = len(sw.block_names)
     configs = [([0.0] * n, "float"), ([0.5] * n, "int8"), (_configs(n)[1], "float")]
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
-    refs = []
+    per_config = []  # each configuration's output through the chain and through its fused session
     for s, p in configs:
         sw.switch(s, p)
-        refs.append(sw.model(x))
-    assert all((refs[i] - refs[j]).abs().max() > 1e-3 for i in range(3) for j in range(i))
+        chain.switch(s, p)
+        assert sw.wait_fused(60)
+        per_config.append((chain.model(x), sw.model(x)))
+    assert all((per_config[i][0] - per_config[j][0]).abs().max() > 1e-3 for i in range(3) for j in range(i))
+    refs = [r for pair in per_config for r in pair]
     outputs, errors = [], []
     stop = threading.Event()
 
@@ -162,7 +171,7 @@ def test_concurrent_inference_sees_whole_configurations(exported) -> None:
     for t in threads:
         t.join()
     assert not errors
-    for out in outputs:  # every output is exactly one configuration's, never a mix
+    for out in outputs:  # every output is exactly one configuration's (chained or fused), never a mix
         assert min(float((out - r).abs().max()) for r in refs) == 0.0
 
 
@@ -264,8 +273,50 @@ def test_missing_onnxruntime_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -
 def test_buffers_are_reused(exported) -> None:
     store, _, _ = exported
     sw = OrtBlockSwitcher.from_store(store)
+    assert sw.wait_fused(60)
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     a = sw.model(x)
     (buffers,) = sw._pool[(2, 3, 32, 32)]
     b = sw.model(torch.from_numpy(x))
     assert sw._pool[(2, 3, 32, 32)] == [buffers] and torch.equal(a, b)
+
+
+def test_fusion_serves_one_session_per_configuration(exported, monkeypatch: pytest.MonkeyPatch) -> None:
+    import legodnn.onnxrt.serving as serving
+
+    store, _, _ = exported
+    sw = OrtBlockSwitcher.from_store(store)
+    chain = OrtBlockSwitcher.from_store(store, fuse=False)
+    n = len(sw.block_names)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    mixed = ["int8" if i % 2 else "float" for i in range(n)]
+    for sparsities, precisions in ((_configs(n)[1], mixed), ([0.5] * n, "float")):
+        sw.switch(sparsities, precisions)
+        chain.switch(sparsities, precisions)
+        assert sw.wait_fused(60) and sw.is_fused and sw._config.fused.nbytes > 0
+        # int8 QDQ pairs between two int8 blocks may fold inside one graph: within the int8 tolerance
+        tol = FLOAT_ATOL if precisions == "float" else INT8_REL * float(chain.model(x).abs().max())
+        assert torch.allclose(sw.model(x), chain.model(x), atol=tol, rtol=0)
+    # swapping back to a configuration fused before is fused at once (its session is cached)
+    sw.switch(_configs(n)[1], mixed)
+    assert sw.is_fused and sw.sparsities == _configs(n)[1] and sw.live_precisions == mixed
+    # a swap installs the chain first (one assignment), the fused session follows
+    r = sw.switch([0.0] * n, "int8")
+    assert r.changed and sw.wait_fused(60)
+    assert not chain.is_fused
+    sw.close()
+    sw._worker.join(10)
+    assert not sw._worker.is_alive()
+    # a model that cannot be fused keeps serving its chain, with one warning that says why
+    def refuse(*_args, **_kwargs):
+        raise LegoDNNError("cannot fuse this one")
+
+    monkeypatch.setattr(serving, "fuse_steps", refuse)
+    with pytest.warns(UserWarning, match="cannot fuse"):
+        broken = OrtBlockSwitcher.from_store(store)
+        assert not broken.wait_fused(60)
+    assert "cannot fuse this one" in broken.fuse_error and not broken.is_fused
+    broken.switch([0.5] * n)
+    assert not broken.wait_fused(1) and torch.allclose(broken.model(x), chain.model(x), atol=FLOAT_ATOL, rtol=0)
+    with pytest.raises(TypeError, match="fuse must be True or False"):
+        OrtBlockSwitcher.from_store(store, fuse="yes")

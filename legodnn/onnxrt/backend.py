@@ -45,10 +45,15 @@ class OnnxCosts:
     profile: OnnxProfile
     precisions: Tuple[str, ...]
     block_sparsity: Tuple[float, ...]
+    mode: str = "fused"  # how the switcher serves: "fused" (one session once built) or "chain"
 
     @property
     def frame_latency_s(self) -> float:
-        return self.profile.frame_latency_s
+        """The frame plus the calibration's offset. Fused, it can be below zero: the per-session
+        costs that every option's time alone includes vanish in one graph (``profile.py``);
+        the fit keeps every configuration's total positive."""
+        frame, offset, _ = self.profile.mode_costs(self.mode)
+        return frame + offset
 
     @property
     def frame_bytes(self) -> int:
@@ -56,17 +61,22 @@ class OnnxCosts:
 
     def options(self, block: str) -> List[Tuple[float, str, float, int, float]]:
         """(sparsity, precision, latency_s, size_bytes, measured drop) of each option, float first."""
+        _, _, scales = self.profile.mode_costs(self.mode)
         out = []
         for p in self.precisions:
             for s in self.block_sparsity:
                 o = self.profile.option(block, s, p)
-                out.append((s, p, o.latency_s, o.size_bytes, o.metric_drop))
+                out.append((s, p, scales[p] * self.profile.block_latency(o, self.mode), o.size_bytes, o.metric_drop))
         return out
 
 
 def attach_onnxruntime(optimizer: Any, precisions: Sequence[str] = ("float",), *, onnx_dir: Optional[str] = None,
-                       num_threads: int = 1, cache_bytes: int = 256 * 2**20) -> OrtBlockSwitcher:
+                       num_threads: int = 1, cache_bytes: int = 256 * 2**20, fuse: bool = True) -> OrtBlockSwitcher:
     """Make ``optimizer`` serve with ONNX Runtime and choose among ``precisions``.
+
+    ``fuse``: serve each configuration by its fused session once built (see
+    :class:`~.serving.OrtBlockSwitcher`); latencies are then estimated for fused serving,
+    else for the chain.
 
     The store's ONNX folder is used when it has one; otherwise float sessions are
     exported in memory from the optimizer's PyTorch model (its trace is reused) and,
@@ -89,17 +99,18 @@ def attach_onnxruntime(optimizer: Any, precisions: Sequence[str] = ("float",), *
             raise StoreError(f"the int8 descendants of {str(store.root)!r} were profiled without test data (no "
                              "accuracy drop); run profile_onnx(blocks_dir, test_loader) again")
     if onnx_store is not None:
-        switcher = OrtBlockSwitcher(onnx_store, store.block_sparsity, num_threads, cache_bytes)
+        switcher = OrtBlockSwitcher(onnx_store, store.block_sparsity, num_threads, cache_bytes, fuse)
     else:
         from .export import TorchOnnxSource
 
         switcher = OrtBlockSwitcher(TorchOnnxSource(optimizer.switcher), store.block_sparsity, num_threads,
-                                    cache_bytes)
+                                    cache_bytes, fuse)
     if profile is None:
         warnings.warn(
             f"{str(store.root)!r} has no ONNX Runtime profile: choosing with PyTorch latencies and sizes; run "
             "export_onnx_store(...) and profile_onnx(...) for ONNX Runtime's own", stacklevel=3)
         optimizer.use_backend(switcher, None)
     else:
-        optimizer.use_backend(switcher, OnnxCosts(profile, precisions, tuple(store.block_sparsity)))
+        optimizer.use_backend(switcher, OnnxCosts(profile, precisions, tuple(store.block_sparsity),
+                                                  "fused" if fuse else "chain"))
     return switcher

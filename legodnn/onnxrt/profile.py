@@ -1,23 +1,35 @@
 """Profile the ONNX Runtime options of a store: latency and bytes of every (block,
 sparsity, precision), and the accuracy drop of every int8 descendant.
 
-Latency is measured the way the chain serves: each session runs on its pre-allocated,
-bound buffers (the I/O binding of :mod:`.serving`), all sessions interleaved pass after
-pass so that a loaded machine's slow spells fall on all alike; a configuration is
-estimated as the frame's segments plus its blocks, and the estimate is checked against
-measured chains of random (sparsity, precision) configurations; the chain's own overhead
-(a constant: every configuration runs the same sessions) is measured on the teacher's
-chain and counted with the frame. Bytes are the ONNX
-initializers (int8 weights one byte each). The int8 accuracy drop is measured like the
-float one in :class:`~legodnn.offline.BlockProfiler`: the teacher's metric minus the
-metric with that one descendant in place, here on the ONNX Runtime chain.
+Latency is measured in the context each session serves in, for both ways of serving
+(:mod:`.serving`): **fused** (one session of the whole configuration, the default once
+built) and **chain** (one session per segment and block, right after a swap or with
+``fuse=False``). Inside one fused graph a block costs what its session costs called
+again and again on its bound buffers (measured: their sum is within 2% of the fused
+session), so those are timed alone, interleaved. In the chain every session runs slower
+than alone (its kernels and buffers are cold after the previous session's; 15-75 us per
+session at batch 1 here), so the chain's options are timed *in sequence*: whole chains
+that together hold every option, each step timed where it runs, and the chain's own
+cost (the loop, the output copy) measured the same way.
+
+A configuration is then estimated as ``frame + offset + scale * sum(blocks)``, with
+``(scale, offset)`` fitted on measured random configurations the way
+:class:`~legodnn.online.LatencyEstimator` calibrates PyTorch's (``scale >= 0.1``, the
+time outside blocks non-negative, kept only where it beats the plain sum in
+leave-one-out), and checked on other random configurations it never saw
+(``validation``). Bytes are the ONNX initializers (int8 weights one byte each). The int8
+accuracy drop is measured like the float one in :class:`~legodnn.offline.BlockProfiler`:
+the teacher's metric minus the metric with that one descendant in place, here on the
+ONNX Runtime chain.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import statistics
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -46,10 +58,11 @@ class OnnxOption:
     block: str
     sparsity: float
     precision: str
-    latency_s: float
+    latency_s: float  # alone on its bound buffers: its cost inside a fused session
     size_bytes: int
     metric: Optional[float] = None
     metric_drop: Optional[float] = None
+    chain_latency_s: Optional[float] = None  # timed in sequence inside chains (None: older profile)
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,9 @@ class OnnxProfile:
     options: Tuple[OnnxOption, ...]
     legodnn_version: str = __version__
     validation: Dict[str, Any] = field(default_factory=dict, compare=False)
+    chain_frame_latency_s: Optional[float] = None  # segments in sequence + the chain's own cost
+    #: per serving mode ("fused", "chain"): {"scale": a, "offset_s": b} of frame + b + a * blocks
+    calibration: Dict[str, Dict[str, float]] = field(default_factory=dict)
 
     @property
     def precisions(self) -> Tuple[str, ...]:
@@ -81,9 +97,31 @@ class OnnxProfile:
         raise StoreError(f"profile_onnxruntime.json has no {precision} option of {block} at sparsity {sparsity:g}; "
                          "run profile_onnx(...) again")
 
-    def estimate(self, choice: Dict[str, Tuple[float, str]]) -> float:
-        """Estimated latency of a configuration {block: (sparsity, precision)}: segments + blocks."""
-        return self.frame_latency_s + sum(self.option(b, s, p).latency_s for b, (s, p) in choice.items())
+    def mode_costs(self, mode: str = "fused") -> Tuple[float, float, Dict[str, float]]:
+        """(frame_s, offset_s, scale per precision) of serving ``mode``: a configuration is
+        estimated as ``frame + offset + sum(scale[precision] * block latency of that mode)``."""
+        if mode not in ("fused", "chain"):
+            raise ValueError(f"mode must be 'fused' or 'chain', got {mode!r}")
+        frame = self.frame_latency_s
+        if mode == "chain" and self.chain_frame_latency_s is not None:
+            frame = self.chain_frame_latency_s
+        cal = self.calibration.get(mode, {})
+        scales = {p: float(cal.get("scale", {}).get(p, 1.0)) for p in PRECISIONS}
+        return frame, float(cal.get("offset_s", 0.0)), scales
+
+    def block_latency(self, option: OnnxOption, mode: str = "fused") -> float:
+        """The option's measured time in ``mode``'s context (uncalibrated)."""
+        if mode == "chain" and option.chain_latency_s is not None:
+            return option.chain_latency_s
+        return option.latency_s
+
+    def estimate(self, choice: Dict[str, Tuple[float, str]], mode: str = "fused", calibrated: bool = True) -> float:
+        """Estimated latency of a configuration {block: (sparsity, precision)} served ``mode``."""
+        frame, offset, scales = self.mode_costs(mode)
+        if not calibrated:
+            offset, scales = 0.0, {p: 1.0 for p in scales}
+        return frame + offset + sum(scales[p] * self.block_latency(self.option(b, s, p), mode)
+                                    for b, (s, p) in choice.items())
 
     def to_json(self) -> Dict[str, Any]:
         d = asdict(self)
@@ -108,8 +146,14 @@ class OnnxProfile:
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidProfileError(f"cannot read the ONNX Runtime profile in {onnx_store.root}: {exc}; profile "
                                       "again with profile_onnx(...)") from exc
-        bad = [o for o in profile.options if not (math.isfinite(o.latency_s) and o.latency_s >= 0 and o.size_bytes > 0)]
-        if bad or not (math.isfinite(profile.frame_latency_s) and profile.frame_latency_s >= 0):
+        bad = [o for o in profile.options if not (math.isfinite(o.latency_s) and o.latency_s >= 0 and o.size_bytes > 0)
+               or (o.chain_latency_s is not None and not (math.isfinite(o.chain_latency_s) and o.chain_latency_s >= 0))]
+        try:
+            cal_ok = all(all(math.isfinite(v) and v > 0 for v in c.get("scale", {}).values())
+                         and math.isfinite(c.get("offset_s", 0.0)) for c in profile.calibration.values())
+        except (AttributeError, TypeError):
+            cal_ok = False
+        if bad or not cal_ok or not (math.isfinite(profile.frame_latency_s) and profile.frame_latency_s >= 0):
             raise InvalidProfileError(f"the ONNX Runtime profile in {onnx_store.root} holds invalid latencies or "
                                       "sizes; profile again with profile_onnx(...)")
         if profile.weights_digest != onnx_store.manifest.weights_digest:
@@ -118,27 +162,168 @@ class OnnxProfile:
         return profile
 
 
-def _time_sessions(sw: OrtBlockSwitcher, keys: Sequence[Tuple[str, float, str]], runs: int, rounds: int,
-                   configs: Sequence[Dict[str, Tuple[float, str]]], shape: Tuple[int, ...]
-                   ) -> Tuple[Dict[str, float], Dict[Tuple[str, float, str], float], List[float]]:
-    """Median seconds of each segment, each block session and each whole configuration."""
+def _covering_configs(names: Sequence[str], options: Sequence[Tuple[float, str]]) -> List[Dict[str, Tuple[float, str]]]:
+    """``len(options)`` configurations that together hold every option of every block once
+    (block ``b`` of configuration ``k`` takes option ``(k + b) mod K``): the chains in which
+    each chain option is timed in sequence."""
+    k = len(options)
+    return [{n: options[(j + b) % k] for b, n in enumerate(names)} for j in range(k)]
+
+
+def _time_all(sw: OrtBlockSwitcher, keys: Sequence[Tuple[str, float, str]], runs: int, rounds: int,
+              configs: Sequence[Dict[str, Tuple[float, str]]], covering: Sequence[Dict[str, Tuple[float, str]]],
+              shape: Tuple[int, ...]) -> Dict[str, Any]:
+    """Median seconds, all interleaved in one pass: each segment and block session alone;
+    each covering chain with every step timed where it runs; each configuration of
+    ``configs`` served as a chain and as its fused session (the way ``run`` serves: the
+    input copied in, the outputs copied out)."""
     x = np.random.default_rng(0).random(shape, dtype=np.float32)
     buffers = sw._allocate(sw._config, x)
-    np.copyto(buffers.arrays[0], x)
     segs = dict(sw._segments)
     blocks = {k: sw._get(*k)[0] for k in keys}
-    runners = [(lambda e=e: e.session.run_with_iobinding(buffers.binding(e))) for e in segs.values()]
-    runners += [(lambda e=e: e.session.run_with_iobinding(buffers.binding(e))) for e in blocks.values()]
-    chains = []
+
+    def bound(e: Any) -> Any:
+        b, sess = buffers.binding(e), e.session
+        return lambda: sess.run_with_iobinding(b)  # as OrtBlockSwitcher.run calls it
+
+    fns = [bound(e) for e in segs.values()] + [bound(e) for e in blocks.values()]
+    # chains in sequence: every step timed where it runs
+    in_chain: Dict[Tuple[str, ...], List[float]] = {}
+    loop_extra: List[float] = []
+    clock = time.perf_counter
+    for cfg in covering:
+        entries = _config_entries(sw, cfg)
+        steps = [(e.key, bound(e)) for e in entries]
+        outs = [buffers.arrays[v] for v in sw.plan.outputs]
+
+        def chain(steps=steps, outs=outs) -> None:
+            t0 = clock()
+            np.copyto(buffers.arrays[0], x)
+            total = 0.0
+            for key, run in steps:
+                t = clock()
+                run()
+                dt = clock() - t
+                total += dt
+                in_chain.setdefault(key, []).append(dt)
+            [o.copy() for o in outs]
+            loop_extra.append(clock() - t0 - total)
+
+        fns.append(chain)
+    served = []
     for cfg in configs:
-        sw.switch({b: s for b, (s, _) in cfg.items()}, {b: p for b, (_, p) in cfg.items()})
-        config = sw._config
-        chains.append(lambda config=config: [e.session.run_with_iobinding(buffers.binding(e))
-                                             for e in config.sessions])
-    times = time_interleaved(runners + chains, runs, "cpu", rounds=rounds)
-    seg_t = dict(zip(segs, times[: len(segs)]))
-    block_t = dict(zip(blocks, times[len(segs): len(segs) + len(blocks)]))
-    return seg_t, block_t, list(times[len(segs) + len(blocks):])
+        entries = _config_entries(sw, cfg)
+        fused = sw.fused_session(tuple(cfg[n] for n in sw.block_names))
+        for seq in (entries, [fused]):
+            runs_ = [bound(e) for e in seq]
+            outs = [buffers.arrays[v] for v in sw.plan.outputs]
+
+            def serve(runs_=runs_, outs=outs) -> None:
+                np.copyto(buffers.arrays[0], x)
+                for run in runs_:
+                    run()
+                [o.copy() for o in outs]
+
+            served.append(serve)
+    times = time_interleaved(fns + served, runs, "cpu", rounds=rounds)
+    n_seg, n_blk, n_cov = len(segs), len(blocks), len(covering)
+    med = statistics.median
+    return {
+        "segments": dict(zip(segs, times[:n_seg])),
+        "blocks": dict(zip(blocks, times[n_seg:n_seg + n_blk])),
+        "segments_in_chain": {name: med(in_chain[("segment", name)]) for name in segs},
+        "blocks_in_chain": {k: med(in_chain[("block", *k)]) for k in blocks if ("block", *k) in in_chain},
+        "chain_own_s": med(loop_extra),
+        "chain_s": list(times[n_seg + n_blk + n_cov::2]),
+        "fused_s": list(times[n_seg + n_blk + n_cov + 1::2]),
+    }
+
+
+def _config_entries(sw: OrtBlockSwitcher, cfg: Dict[str, Tuple[float, str]]) -> List[Any]:
+    blocks = {n: sw._get(n, *cfg[n])[0] for n in sw.block_names}
+    return [sw._segments[st.name] if st.kind == "segment" else blocks[st.name] for st in sw.plan.steps]
+
+
+#: bounds of a fitted scale: blocks in context do not run ten times faster or slower than alone
+SCALE_BOUNDS = (0.1, 10.0)
+
+
+def _box_lstsq(x: np.ndarray, y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Least squares ``x @ w ~ y`` with ``lo <= w <= hi``: the best feasible of the
+    candidates where each parameter is free or at one of its bounds (a convex problem with
+    few parameters: its optimum is one of them)."""
+    best, best_sse = None, math.inf
+    k = x.shape[1]
+    for states in itertools.product((0, 1, 2), repeat=k):
+        w = np.zeros(k)
+        ok = True
+        for i, st in enumerate(states):
+            if st:
+                w[i] = lo[i] if st == 1 else hi[i]
+                ok = ok and math.isfinite(w[i])
+        if not ok:
+            continue
+        free = [i for i, st in enumerate(states) if st == 0]
+        if free:
+            sol, *_ = np.linalg.lstsq(x[:, free], y - x @ w, rcond=None)
+            w[free] = sol
+        if np.all(w >= lo - 1e-12) and np.all(w <= hi + 1e-12):
+            sse = float(np.sum((x @ w - y) ** 2))
+            if sse < best_sse:
+                best, best_sse = w, sse
+    assert best is not None  # all parameters at finite bounds is always feasible
+    return best
+
+
+def _fit_modes(sums: np.ndarray, y: np.ndarray, frame: float, min_sum: float) -> Tuple[np.ndarray, float]:
+    """Scales per precision (columns of ``sums``) and an offset for ``y - frame``; the
+    offset is bounded below by minus the frame and half the fastest configuration's block
+    time (in a fused graph the per-session costs that timing alone includes disappear, so
+    it may be negative, but never so much that an estimate nears zero)."""
+    used = [j for j in range(sums.shape[1]) if np.any(sums[:, j] > 0)]
+    x = np.c_[sums[:, used], np.ones(len(y))]
+    lo = np.array([SCALE_BOUNDS[0]] * len(used) + [-(frame + 0.5 * min_sum)])
+    hi = np.array([SCALE_BOUNDS[1]] * len(used) + [math.inf])
+    w = _box_lstsq(x, y - frame, lo, hi)
+    scales = np.ones(sums.shape[1])
+    scales[used] = w[:-1]
+    return scales, float(w[-1])
+
+
+def _calibrate(sums: np.ndarray, measured: Sequence[float], frame: float, n_fit: int, min_sum: float,
+               precisions: Sequence[str]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """Fit the calibration on the first ``n_fit`` configurations (kept only when it beats the
+    plain sum in leave-one-out over them, and keeps the fastest configuration's estimate
+    positive), and report the error on the others, which the fit never saw."""
+    meas = np.asarray(measured, dtype=float)
+    scales, offset = np.ones(sums.shape[1]), 0.0
+    if n_fit >= 4:
+        fx, fy = sums[:n_fit], meas[:n_fit]
+        loo_cal, loo_raw = [], []
+        for i in range(n_fit):
+            keep = np.arange(n_fit) != i
+            sc, off = _fit_modes(fx[keep], fy[keep], frame, min_sum)
+            loo_cal.append(abs(frame + off + fx[i] @ sc - fy[i]) / fy[i])
+            loo_raw.append(abs(frame + fx[i].sum() - fy[i]) / fy[i])
+        if np.mean(loo_cal) < np.mean(loo_raw):
+            sc, off = _fit_modes(fx, fy, frame, min_sum)
+            if frame + off + min(sc) * min_sum > 0:
+                scales, offset = sc, off
+    est = frame + offset + sums @ scales
+    raw = frame + sums.sum(axis=1)
+    test_m, cal, rawt = meas[n_fit:], est[n_fit:], raw[n_fit:]
+    rel, rel_raw = (cal - test_m) / test_m, (rawt - test_m) / test_m
+    calibration = {"scale": {p: float(v) for p, v in zip(precisions, scales)}, "offset_s": float(offset)}
+    report: Dict[str, Any] = {"n_fit": n_fit, "n": len(test_m), "measured_s": test_m.tolist(),
+                              "estimated_s": cal.tolist(), "estimated_raw_s": rawt.tolist(), **calibration}
+    if len(rel):
+        report.update({"within_10pct": float(np.mean(np.abs(rel) <= 0.10)),
+                       "within_10pct_raw": float(np.mean(np.abs(rel_raw) <= 0.10)),
+                       "mean_abs_rel_error": float(np.mean(np.abs(rel))),
+                       "mean_abs_rel_error_raw": float(np.mean(np.abs(rel_raw))),
+                       "median_rel_error": float(np.median(rel)),
+                       "max_abs_rel_error": float(np.max(np.abs(rel)))})
+    return calibration, report
 
 
 def profile_onnx(
@@ -148,9 +333,10 @@ def profile_onnx(
     model_manager: Any = None,
     onnx_dir: Optional[Union[str, Path]] = None,
     runs: int = 20,
-    rounds: int = 5,
+    rounds: Optional[int] = None,
     num_threads: int = 1,
-    num_compositions: int = 10,
+    num_compositions: int = 20,
+    num_fit: Optional[int] = None,
     measure_float_accuracy: bool = False,
     seed: int = 0,
 ) -> OnnxProfile:
@@ -162,27 +348,36 @@ def profile_onnx(
             float profile's, so the drops compare); None skips accuracy (and int8 options
             cannot then be chosen).
         model_manager: its ``get_model_acc`` scores the chain (default ``CommonModelManager``).
-        runs, rounds: timed runs per session, spread over ``rounds`` interleaved passes.
-        num_compositions: random (sparsity, precision) configurations whose measured chain
-            checks the estimate (``validation`` of the result).
+        runs, rounds: timed runs per session and configuration, spread over ``rounds``
+            interleaved passes (default ``runs``: one run of each per pass, so that a slow
+            spell of a loaded machine falls on many candidates once rather than on one
+            candidate's burst, and no session is timed hot from its own previous run).
+        num_compositions: random (sparsity, precision) configurations measured served
+            (chain and fused): the first ``num_fit`` (default half) fit the calibration,
+            the others check it (``validation``, per serving mode).
         measure_float_accuracy: also measure the float descendants' drops on the chain
             (for the int8 vs float comparison; the optimizer uses ``block_profile.json``).
     """
     runs = check_int("runs", runs, minimum=1, hint="pass the timed runs per session, e.g. runs=20")
-    rounds = check_int("rounds", rounds, minimum=1, hint="pass e.g. rounds=5")
-    num_compositions = check_int("num_compositions", num_compositions, minimum=0, hint="pass e.g. 10, or 0")
+    rounds = check_int("rounds", rounds, minimum=1, allow_none=True, hint="pass e.g. rounds=5, or None")
+    rounds = runs if rounds is None else rounds
+    num_compositions = check_int("num_compositions", num_compositions, minimum=0, hint="pass e.g. 20, or 0")
+    num_fit = check_int("num_fit", num_fit, minimum=0, allow_none=True, hint="pass e.g. 10")
+    n_fit = num_compositions // 2 if num_fit is None else min(num_fit, num_compositions)
     store = blocks_dir if isinstance(blocks_dir, BlockStore) else BlockStore(blocks_dir)
     onnx_store = OnnxStore.for_store(store, onnx_dir)
     if onnx_store is None:
         raise StoreError(f"{str(store.root)!r} has no ONNX folder: run export_onnx_store(blocks_dir, model) first")
-    sw = OrtBlockSwitcher(onnx_store, store.block_sparsity, num_threads, cache_bytes=2**40)
+    sw = OrtBlockSwitcher(onnx_store, store.block_sparsity, num_threads, cache_bytes=2**40, fuse=False)
     names, levels, precisions = sw.block_names, sw.block_sparsity, sw.precisions
     keys = [(n, s, p) for n in names for p in precisions for s in levels]
     rng = random.Random(seed)
     configs = [{n: (rng.choice(levels), rng.choice(precisions)) for n in names} for _ in range(num_compositions)]
     teacher_cfg = {n: (0.0, "float") for n in names}
     shape = tuple(store.manifest.model_input_size)
-    seg_t, block_t, chain_t = _time_sessions(sw, keys, runs, rounds, [teacher_cfg, *configs], shape)
+    covering = _covering_configs(names, [(s, p) for p in precisions for s in levels])
+    t = _time_all(sw, keys, runs, rounds, [teacher_cfg, *configs], covering, shape)
+    seg_t, block_t = t["segments"], t["blocks"]
 
     metric_name, teacher_metric = "", None
     metrics: Dict[Tuple[str, float, str], float] = {}
@@ -207,27 +402,29 @@ def profile_onnx(
     for n, s, p in keys:
         m = metrics.get((n, s, p))
         options.append(OnnxOption(n, s, p, block_t[(n, s, p)], manifest.find(n, s, p).bytes, m,
-                                  None if m is None else teacher_metric - m))
+                                  None if m is None else teacher_metric - m, t["blocks_in_chain"][(n, s, p)]))
     frame_bytes = sum(manifest.find(name).bytes for name in seg_t)
-    # every configuration runs the same number of sessions, so what chaining costs beyond
-    # the sessions' own times (the Python loop, the output copy) is one constant: measured
-    # on the teacher's chain, it is counted with the frame
-    teacher_sum = sum(seg_t.values()) + sum(block_t[(n, 0.0, "float")] for n in names)
-    overhead = max(0.0, chain_t[0] - teacher_sum)
-    profile = OnnxProfile(store.fingerprint, manifest.weights_digest, int(num_threads), shape,
-                          float(sum(seg_t.values()) + overhead), int(frame_bytes), float(chain_t[0]), metric_name,
-                          teacher_metric, tuple(options))
-    if configs:
-        est = [profile.estimate(c) for c in configs]
-        rel = [(e - m) / m for e, m in zip(est, chain_t[1:])]
-        profile = OnnxProfile(**{**asdict(profile), "options": profile.options,
-                                 "model_input_size": profile.model_input_size,
-                                 "validation": {
-                                     "n": len(configs), "chain_overhead_s": overhead,
-                                     "configurations": [[list(c[n]) for n in names] for c in configs],
-                                     "measured_s": chain_t[1:], "estimated_s": est,
-                                     "within_10pct": float(np.mean([abs(r) <= 0.10 for r in rel])),
-                                     "mean_abs_rel_error": float(np.mean(np.abs(rel))),
-                                     "median_rel_error": float(statistics.median(rel))}})
+    fused_frame = float(sum(seg_t.values()))
+    chain_frame = float(sum(t["segments_in_chain"].values()) + t["chain_own_s"])
+    base = OnnxProfile(store.fingerprint, manifest.weights_digest, int(num_threads), shape, fused_frame,
+                       int(frame_bytes), float(t["fused_s"][0]), metric_name, teacher_metric, tuple(options),
+                       chain_frame_latency_s=chain_frame)
+    # calibrate each serving mode on the teacher and the first n_fit random configurations,
+    # check it on the others (never seen by the fit)
+    calibration: Dict[str, Dict[str, float]] = {}
+    validation: Dict[str, Any] = {"configurations": [[list(c[n]) for n in names] for c in configs[n_fit:]],
+                                  "fit_configurations": [[list(c[n]) for n in names] for c in configs[:n_fit]]}
+    for mode, measured, frame in (("fused", t["fused_s"], fused_frame), ("chain", t["chain_s"], chain_frame)):
+        sums = np.array([[sum(base.block_latency(base.option(b, s, p), mode) for b, (s, p) in c.items() if p == q)
+                          for q in precisions] for c in [teacher_cfg, *configs]])
+        min_sum = sum(min(base.block_latency(o, mode) for o in options if o.block == n) for n in names)
+        calibration[mode], validation[mode] = _calibrate(sums, measured, frame, 1 + n_fit, min_sum, precisions)
+        validation[mode]["teacher_measured_s"] = measured[0]
+    validation.update({k: validation["fused"][k] for k in validation["fused"]
+                       if k in ("n", "n_fit", "within_10pct", "within_10pct_raw", "mean_abs_rel_error",
+                                "median_rel_error", "measured_s", "estimated_s")})
+    validation["chain_own_s"] = t["chain_own_s"]
+    profile = OnnxProfile(**{**asdict(base), "options": base.options, "model_input_size": base.model_input_size,
+                             "calibration": calibration, "validation": validation})
     onnx_store.write_profile(profile.to_json())
     return profile

@@ -12,6 +12,16 @@ the sessions with I/O binding: a block's output buffer is the next step's input,
 between sessions. Every descendant of a block has the same input and output shapes, so
 a swap keeps the buffers. Concurrent inferences each take their own set of buffers
 from a pool (one is made when none is free).
+
+Fusion (``fuse=True``, the default): every session boundary costs more than the call
+(each session runs slower in sequence than alone, and the CPU provider converts to and
+from its blocked layout at every boundary; measured in :mod:`.fuse`). So right after a
+swap the chain serves, and a background thread builds one session of the whole
+configuration from the same ONNX files (:func:`~.fuse.fuse_steps`, a few milliseconds to
+merge and create here) and installs it with one more assignment when that configuration
+is still live. Fused sessions are cached like the others (counted in ``cache_bytes``),
+so swapping back to a recent configuration is fused at once. Outputs of the fused
+session equal the chain's up to float rounding (about 1e-6 here).
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from __future__ import annotations
 import numbers
 import threading
 import time
+import warnings
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -32,6 +43,7 @@ from ..blockmanager.store import BlockStore
 from ..errors import ArgumentTypeError, InvalidArgumentError, InvalidSparsityError, LegoDNNError
 from ..validation import check_int
 from ._ort import make_session
+from .fuse import fuse_steps, value_name
 from .onnx_store import PRECISIONS, OnnxStore
 from .segments import FramePlan, Step
 
@@ -53,21 +65,63 @@ class OrtSwitchResult:
 class _Session:
     """One loaded ONNX model of the chain and what it costs."""
 
-    def __init__(self, data: bytes, num_threads: int, step: Step, key: Tuple[Any, ...]) -> None:
+    def __init__(self, data: bytes, num_threads: int, step: Step, key: Tuple[Any, ...], fused: bool = False) -> None:
         self.session = make_session(data, num_threads)
         self.step = step
         self.key = key
         self.nbytes = len(data)
-        self.input_names = step.input_names()
-        self.output_names = step.output_names()
+        self.data = None if fused else data  # kept to fuse configurations without reading or exporting again
+        if fused:
+            self.input_names = [value_name(v) for v in step.inputs]
+            self.output_names = [value_name(v) for v in step.outputs]
+        else:
+            self.input_names = step.input_names()
+            self.output_names = step.output_names()
 
 
 @dataclass(frozen=True)
 class _Config:
-    """One whole configuration: the session of every step, in chain order."""
+    """One whole configuration: the session of every step, in chain order, and the fused
+    session of the whole configuration once it is built (None until then, or without fusion)."""
 
     sessions: Tuple[_Session, ...]
     choice: Tuple[Tuple[float, str], ...]  # (sparsity, precision) per block, in block order
+    fused: Optional[_Session] = None
+
+
+class _FuseJobs:
+    """What the background fusion thread waits on (holds no reference to the switcher)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.pending: Optional[Tuple[Tuple[float, str], ...]] = None
+        self.busy = False
+        self.closed = False
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+
+def _fuse_worker(jobs: _FuseJobs, ref: "weakref.ref[OrtBlockSwitcher]") -> None:
+    while True:
+        with jobs.cond:
+            while jobs.pending is None and not jobs.closed:
+                jobs.cond.wait()
+            if jobs.closed:
+                return
+            choice, jobs.pending, jobs.busy = jobs.pending, None, True
+        try:
+            sw = ref()
+            if sw is None:
+                return
+            sw._fuse_and_install(choice)
+            del sw
+        finally:
+            with jobs.cond:
+                jobs.busy = False
+                jobs.cond.notify_all()
 
 
 class _Buffers:
@@ -107,13 +161,22 @@ class OrtBlockSwitcher:
     :func:`~.export.export_onnx_store`, with int8 versions when calibrated) or a
     :class:`~.export.TorchOnnxSource` (float, exported in memory). Sessions not live stay
     cached up to ``cache_bytes`` of ONNX model bytes. ``num_threads``: intra-op threads of
-    every session.
+    every session. ``fuse``: after each swap, build one session of the whole configuration
+    in the background and serve with it once built (see the module's doc); ``False``
+    serves the chain only.
     """
 
     def __init__(self, source: Any, block_sparsity: Sequence[float], num_threads: int = 1,
-                 cache_bytes: int = 256 * 2**20) -> None:
+                 cache_bytes: int = 256 * 2**20, fuse: bool = True) -> None:
         check_int("num_threads", num_threads, minimum=1, hint="pass the CPU threads per session, e.g. num_threads=1")
         check_int("cache_bytes", cache_bytes, minimum=0, hint="pass the bytes of sessions to keep cached, e.g. 2**28")
+        if not isinstance(fuse, bool):
+            raise ArgumentTypeError(f"fuse must be True or False, got {fuse!r}")
+        self.fuse = fuse
+        self.fuse_error: Optional[str] = None  # why fusion failed (the chain then serves alone)
+        self._jobs = _FuseJobs()
+        self._worker: Optional[threading.Thread] = None
+        weakref.finalize(self, self._jobs.close)
         self.source = source
         self.num_threads = int(num_threads)
         self.cache_bytes = int(cache_bytes)
@@ -131,17 +194,18 @@ class OrtBlockSwitcher:
         choice = tuple((0.0, "float") for _ in self.block_names)
         self._config = self._assemble(choice)
         self.model = OrtLegoModel(self)
+        self._request_fusion()
 
     @classmethod
     def from_store(cls, blocks_dir: Union[str, BlockStore], model: Optional[nn.Module] = None, *,
                    onnx_dir: Optional[str] = None, num_threads: int = 1, cache_bytes: int = 256 * 2**20,
-                   model_manager: Any = None) -> "OrtBlockSwitcher":
+                   model_manager: Any = None, fuse: bool = True) -> "OrtBlockSwitcher":
         """The switcher for a block store: its ONNX folder when it has one (``onnx_dir``, or
         ``<blocks_dir>/onnx``), else float sessions exported in memory from ``model``."""
         store = blocks_dir if isinstance(blocks_dir, BlockStore) else BlockStore(blocks_dir)
         onnx_store = OnnxStore.for_store(store, onnx_dir)
         if onnx_store is not None:
-            return cls(onnx_store, store.block_sparsity, num_threads, cache_bytes)
+            return cls(onnx_store, store.block_sparsity, num_threads, cache_bytes, fuse)
         if model is None:
             raise InvalidArgumentError(
                 f"{str(store.root)!r} has no ONNX folder: pass the model code (model=...) to export float sessions "
@@ -150,7 +214,7 @@ class OrtBlockSwitcher:
         from .export import TorchOnnxSource
 
         switcher = BlockSwitcher(store, model, "cpu", 0, model_manager, copy_model=True)
-        return cls(TorchOnnxSource(switcher), store.block_sparsity, num_threads, cache_bytes)
+        return cls(TorchOnnxSource(switcher), store.block_sparsity, num_threads, cache_bytes, fuse)
 
     # -- loading ---------------------------------------------------------------------
     def _segment_bytes(self, name: str) -> bytes:
@@ -187,10 +251,88 @@ class OrtBlockSwitcher:
     def _assemble(self, choice: Tuple[Tuple[float, str], ...]) -> _Config:
         blocks = {n: self._get(n, s, p)[0] for n, (s, p) in zip(self.block_names, choice)}
         sessions = tuple(self._segments[s.name] if s.kind == "segment" else blocks[s.name] for s in self.plan.steps)
-        return _Config(sessions, choice)
+        fused = self._cache.get(("fused", choice)) if self.fuse else None
+        if fused is not None:
+            self._cache.move_to_end(fused.key)
+        return _Config(sessions, choice, fused)
+
+    # -- fusion ----------------------------------------------------------------------
+    def fused_session(self, choice: Optional[Sequence[Tuple[float, str]]] = None) -> _Session:
+        """The one session of configuration ``choice`` ((sparsity, precision) per block;
+        default the live one), built now from the chain's ONNX files unless cached."""
+        choice = tuple(self._config.choice if choice is None else ((float(s), str(p)) for s, p in choice))
+        key = ("fused", choice)
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                return hit
+            blocks = {n: self._get(n, s, p)[0] for n, (s, p) in zip(self.block_names, choice)}
+            parts = [(st, self._segments[st.name].data if st.kind == "segment" else blocks[st.name].data)
+                     for st in self.plan.steps]
+        data = fuse_steps(self.plan, parts)
+        step = Step("fused", "fused", (0,), tuple(self.plan.outputs))
+        entry = _Session(data, self.num_threads, step, key, fused=True)
+        with self._lock:
+            entry = self._cache.setdefault(key, entry)
+            self._evict()
+        return entry
+
+    def _fuse_and_install(self, choice: Tuple[Tuple[float, str], ...]) -> None:
+        if self._config.choice != choice or self._config.fused is not None:
+            return  # swapped again meanwhile: that configuration's request follows
+        try:
+            entry = self.fused_session(choice)
+        except Exception as exc:  # the chain keeps serving; say why once
+            if self.fuse_error is None:
+                warnings.warn(f"ONNX Runtime: cannot fuse the configuration into one session ({exc}); serving the "
+                              "chain of sessions", stacklevel=2)
+            self.fuse_error = f"{type(exc).__name__}: {exc}"
+            return
+        with self._lock:
+            config = self._config
+            if config.choice == choice and config.fused is None:
+                self._config = _Config(config.sessions, choice, entry)  # one assignment, like a swap
+                self._evict()
+
+    def _request_fusion(self) -> None:
+        if not self.fuse or self._config.fused is not None or self.fuse_error is not None:
+            return
+        jobs = self._jobs
+        with jobs.cond:
+            jobs.pending = self._config.choice
+            if self._worker is None:
+                self._worker = threading.Thread(target=_fuse_worker, args=(jobs, weakref.ref(self)),
+                                                name="legodnn-ort-fuse", daemon=True)
+                self._worker.start()
+            jobs.cond.notify_all()
+
+    @property
+    def is_fused(self) -> bool:
+        """Whether the live configuration is served by its fused session."""
+        return self._config.fused is not None
+
+    def wait_fused(self, timeout: Optional[float] = None) -> bool:
+        """Wait until the live configuration is fused (or fusion is off or failed); True when fused."""
+        if not self.fuse:
+            return False
+        deadline = None if timeout is None else time.monotonic() + timeout
+        jobs = self._jobs
+        with jobs.cond:
+            while self._config.fused is None and self.fuse_error is None and (jobs.pending is not None or jobs.busy):
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                jobs.cond.wait(left)
+        return self._config.fused is not None
+
+    def close(self) -> None:
+        """Stop the background fusion thread (also done when the switcher is collected)."""
+        self._jobs.close()
 
     def _evict(self) -> None:
         live = {e.key for e in self._config.sessions}
+        if self._config.fused is not None:
+            live.add(self._config.fused.key)
         total = sum(e.nbytes for e in self._cache.values())
         for key in list(self._cache):
             if total <= self.cache_bytes:
@@ -228,8 +370,11 @@ class OrtBlockSwitcher:
         buffers = self._take(config, x)
         try:
             np.copyto(buffers.arrays[0], x)
-            for entry in config.sessions:
-                entry.session.run_with_iobinding(buffers.binding(entry))
+            if config.fused is not None:
+                config.fused.session.run_with_iobinding(buffers.binding(config.fused))
+            else:
+                for entry in config.sessions:
+                    entry.session.run_with_iobinding(buffers.binding(entry))
             outs = tuple(torch.from_numpy(buffers.arrays[v].copy()) for v in self.plan.outputs)
         finally:
             self._give(buffers, tuple(x.shape))
@@ -312,8 +457,11 @@ class OrtBlockSwitcher:
                 self._config = self._assemble(tuple(wanted[n] for n in self.block_names))
                 self._evict()
             choice = self._config.choice
-            return OrtSwitchResult(tuple(s for s, _ in choice), tuple(p for _, p in choice), tuple(changed),
-                                   tuple(from_disk), loaded, time.perf_counter() - start)
+            result = OrtSwitchResult(tuple(s for s, _ in choice), tuple(p for _, p in choice), tuple(changed),
+                                     tuple(from_disk), loaded, time.perf_counter() - start)
+        if changed:
+            self._request_fusion()  # the chain serves until the fused session is installed
+        return result
 
     def preload(self, precisions: Optional[Sequence[str]] = None) -> None:
         """Create the sessions of every descendant ahead of time (all precisions by default)."""
@@ -327,6 +475,8 @@ class OrtBlockSwitcher:
     def clear_cache(self) -> None:
         with self._lock:
             live = {e.key for e in self._config.sessions}
+            if self._config.fused is not None:
+                live.add(self._config.fused.key)
             for key in [k for k in self._cache if k not in live]:
                 del self._cache[key]
 
