@@ -51,7 +51,7 @@ def profiled(tmp_path_factory: pytest.TempPathFactory):
     LatencyEstimator(bm, mm, str(store), 2, SIZE, "cpu", num_threads=torch.get_num_threads(), verbose=False,
                      method="isolated", rounds=1).profile_all_blocks(num_compositions=0)
     export_onnx_store(store, model, calibration=loader, verbose=False)
-    profile = profile_onnx(store, loader, runs=3, rounds=1, num_compositions=4)
+    profile = profile_onnx(store, loader, runs=3, num_compositions=8)
     return store, model, loader, profile
 
 
@@ -66,7 +66,30 @@ def test_onnx_profile(profiled) -> None:
             f = profile.option(o.block, o.sparsity, "float")
             assert o.size_bytes < 0.5 * f.size_bytes
     v = profile.validation
-    assert v["n"] == 4 and len(v["measured_s"]) == 4 and 0.0 <= v["within_10pct"] <= 1.0
+    assert v["n"] == 4 and v["n_fit"] == 5 and len(v["measured_s"]) == 4 and 0.0 <= v["within_10pct"] <= 1.0
+    assert all(o.chain_latency_s > 0 for o in profile.options) and profile.chain_frame_latency_s > 0
+    # the fitted calibration of each serving mode is physically sensible (no assertion on speed):
+    # scales within their bounds, an offset no lower than minus the frame and half the fastest
+    # configuration's block time, and every estimate positive, the fastest configuration's too
+    from legodnn.onnxrt.profile import SCALE_BOUNDS
+
+    names = sorted({o.block for o in profile.options})
+    for mode in ("fused", "chain"):
+        frame, offset, scales = profile.mode_costs(mode)
+        assert set(scales) == {"float", "int8"}
+        assert all(SCALE_BOUNDS[0] <= a <= SCALE_BOUNDS[1] for a in scales.values())
+        min_sum = sum(min(profile.block_latency(o, mode) for o in profile.options if o.block == n) for n in names)
+        assert offset >= -(frame + 0.5 * min_sum) - 1e-12
+        fastest = {n: min(((o.sparsity, o.precision) for o in profile.options if o.block == n),
+                          key=lambda c, n=n: profile.estimate({n: c}, mode) - profile.estimate({}, mode))
+                   for n in names}
+        assert profile.estimate(fastest, mode) > 0
+        assert v[mode]["n"] == 4 and all(e > 0 for e in v[mode]["estimated_s"])
+        # the estimate is the fitted formula
+        cfg = {n: (0.5, "int8") for n in names}
+        want = frame + offset + scales["int8"] * sum(profile.block_latency(profile.option(n, 0.5, "int8"), mode)
+                                                     for n in names)
+        assert profile.estimate(cfg, mode) == pytest.approx(want)
     from legodnn.onnxrt import OnnxStore
 
     assert OnnxProfile.load(OnnxStore(store / "onnx")) == profile
@@ -91,6 +114,7 @@ def test_runtime_onnxruntime_chooses_int8_under_a_tight_memory_budget(profiled) 
     sw = runtime.model.switcher
     assert sw.sparsities == list(result.sparsities) and sw.live_precisions == list(result.precisions)
     x = torch.randn(2, 3, 32, 32)
+    assert sw.wait_fused(60)  # the fused session is installed in the background: wait, then compare bits
     assert torch.equal(runtime.infer(x), sw.run(x))
     # an open budget takes the teacher, all float: nothing beats no drop
     budget = Budget(None, None)
@@ -192,3 +216,26 @@ def test_profile_without_onnx_folder_is_a_clear_error(profiled, tmp_path) -> Non
     shutil.copytree(store, bare, ignore=shutil.ignore_patterns("onnx"))
     with pytest.raises(LegoDNNError, match="has no ONNX folder"):
         profile_onnx(bare)
+
+
+def test_onnxruntime_backend_needs_no_pytorch_latency_profile(profiled, tmp_path) -> None:
+    import shutil
+
+    store, model, _, profile = profiled
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    (copy / "latency_profile.json").unlink()
+    with pytest.raises(StoreError, match="latency_profile.json is missing"):
+        OnDeviceRuntime.from_store(str(copy), model, lambda: Budget(None, None), copy_model=True)
+    rt = OnDeviceRuntime.from_store(str(copy), model, lambda: Budget(1.2 * profile.estimate(
+        {o.block: (0.5, "int8") for o in profile.options}), None), copy_model=True, backend="onnxruntime",
+        precisions=("float", "int8"))
+    result = rt.step().result
+    assert result.feasible and 0 < result.estimated_latency_s
+    chosen = dict(zip(rt.optimizer.block_names, zip(result.sparsities, result.precisions)))
+    # the optimizer's latency is the ONNX Runtime estimate of fused serving
+    assert result.estimated_latency_s == pytest.approx(profile.estimate(chosen, "fused"))
+    shutil.rmtree(copy / "onnx")
+    with pytest.raises(StoreError, match="neither an ONNX Runtime profile nor latency_profile.json"):
+        OnDeviceRuntime.from_store(str(copy), model, lambda: Budget(None, None), copy_model=True,
+                                   backend="onnxruntime")

@@ -99,8 +99,13 @@ class ScalingOptimizer:
         cache_bytes: int = 256 * 2**20,
         accuracy_model: str = "auto",
         copy_model: bool = False,
+        require_latency: bool = True,
     ) -> "ScalingOptimizer":
         """The optimizer for a trained store on the device.
+
+        ``require_latency=False`` accepts a store without ``latency_profile.json``: the
+        optimizer then chooses only once another backend gives it costs (``use_backend``;
+        ``OnDeviceRuntime(backend="onnxruntime")`` with ``profile_onnx``'s profile).
 
         ``model`` is the model code (random weights are fine: every weight comes from the
         store), traced once by the switcher. It becomes the live model's frame, its weights
@@ -110,30 +115,38 @@ class ScalingOptimizer:
         self = cls.__new__(cls)
         self.block_manager = None
         self._setup(switcher.store, tuple(switcher.store.manifest.model_input_size), device, switcher, cache_bytes,
-                    accuracy_model)
+                    accuracy_model, require_latency)
         return self
 
     def _setup(self, store: BlockStore, model_input_size: Tuple[int, ...], device: str,
-               switcher: Optional[BlockSwitcher], cache_bytes: int, accuracy_model: str) -> None:
+               switcher: Optional[BlockSwitcher], cache_bytes: int, accuracy_model: str,
+               require_latency: bool = True) -> None:
         self.store = store
         self.trained_dir = store.root
         self.block_names = store.block_names
         self.block_sparsity = store.block_sparsity
         self.device = device
         self.profile = ModelProfile.load(self.trained_dir)
-        self.latency = LatencyProfile.load(self.trained_dir)
+        # without latency_profile.json the optimizer waits for another backend's costs
+        # (OnDeviceRuntime(backend="onnxruntime") with profile_onnx's profile, use_backend)
+        self.latency: Optional[LatencyProfile] = (LatencyProfile.load(self.trained_dir)
+                                                  if require_latency or store.path(LATENCY_PROFILE).is_file()
+                                                  else None)
         self._check_profiles(model_input_size)
         self.fitted: Optional[FittedAccuracyModel] = None
         self.accuracy_model = self._accuracy_model(accuracy_model)
         self.costs: Any = None  # another backend's options (use_backend); None: float descendants in PyTorch
         self.options: List[List[Tuple[float, str]]] = []  # per block, the (sparsity, precision) of each option
-        self.problem = self._problem()
+        self.problem: Optional[ScalingProblem] = self._problem() if self.latency is not None else None
         self._switcher = switcher
         self._cache_bytes = cache_bytes
 
     def _check_profiles(self, model_input_size: Tuple[int, ...]) -> None:
         store = self.store
-        for what, fp in ((BLOCK_PROFILE, self.profile.fingerprint), (LATENCY_PROFILE, self.latency.fingerprint)):
+        fingerprints = [(BLOCK_PROFILE, self.profile.fingerprint)]
+        if self.latency is not None:
+            fingerprints.append((LATENCY_PROFILE, self.latency.fingerprint))
+        for what, fp in fingerprints:
             if fp != store.fingerprint:
                 raise StoreError(
                     f"{self.trained_dir / what} was made for another model (fingerprint {fp[:12]}, "
@@ -144,19 +157,23 @@ class ScalingOptimizer:
                 f"{store.path(BLOCK_PROFILE)} measured other weights than {str(store.root)!r} holds now (the "
                 "blocks were retrained or replaced after profiling, or the profile predates weight hashes); "
                 "run BlockProfiler(...).profile_all_blocks() on this store again")
-        if self.latency.architecture_digest != store.architecture_digest:
+        lat = self.latency.table() if self.latency is not None else None
+        if self.latency is not None and self.latency.architecture_digest != store.architecture_digest:
             raise StaleProfileError(
                 f"{store.path(LATENCY_PROFILE)} timed other descendant architectures than {str(store.root)!r} holds "
                 "(or predates architecture hashes); run LatencyEstimator(...).profile_all_blocks() on this store again")
-        table, lat = self.profile.table(), self.latency.table()
+        table = self.profile.table()
         for name in self.block_names:
-            if name not in table or name not in lat:
+            if name not in table or (lat is not None and name not in lat):
                 raise StoreError(f"the profiles in {self.trained_dir} have no entry for {name}; profile again")
-            if sorted(table[name]) != self.block_sparsity or sorted(lat[name]) != self.block_sparsity:
+            if sorted(table[name]) != self.block_sparsity or (lat is not None and sorted(lat[name]) != self.block_sparsity):
                 raise StoreError(
                     f"the profiles in {self.trained_dir} cover sparsities {sorted(table[name])} / "
-                    f"{sorted(lat[name])} for {name}, the store {self.block_sparsity}; profile again"
+                    f"{sorted(lat[name]) if lat is not None else '-'} for {name}, the store {self.block_sparsity}; "
+                    "profile again"
                 )
+        if self.latency is None:
+            return
         if tuple(self.latency.model_input_size) != model_input_size:
             raise StoreError(
                 f"latency_profile.json was measured for input {self.latency.model_input_size}, "
@@ -256,6 +273,10 @@ class ScalingOptimizer:
         """
         table = self.profile.table()
         drops, lats, mems, options = [], [], [], []
+        if self.costs is None and self.latency is None:
+            raise StoreError(f"{self.store.path(LATENCY_PROFILE)} is missing: run LatencyEstimator(...)"
+                             ".profile_all_blocks() on the device, or serve with backend='onnxruntime' after "
+                             "profile_onnx(...)")
         for name in self.block_names:
             if self.costs is None:
                 lat = self.latency.block_latencies(name)
@@ -305,6 +326,8 @@ class ScalingOptimizer:
                                   allow_none=True, hint="pass a positive number of seconds, or None for no limit")
         max_memory = check_float("max_memory", max_memory, minimum=0.0, min_inclusive=False, finite=False,
                                  allow_none=True, hint="pass a positive number of bytes, or None for no limit")
+        if self.problem is None:
+            self.problem = self._problem()  # raises: no latency profile and no other backend's costs
         return solve(self.problem, max_latency, max_memory)
 
     def update_model(

@@ -161,7 +161,9 @@ class OnDeviceRuntime:
         """
         optimizer = ScalingOptimizer.from_store(blocks_dir, model, device, model_manager=model_manager,
                                                 cache_bytes=cache_bytes, accuracy_model=accuracy_model,
-                                                copy_model=copy_model)
+                                                copy_model=copy_model,
+                                                # ONNX Runtime costs its options with its own profile
+                                                require_latency=options.get("backend", "torch") != "onnxruntime")
         return cls(optimizer, budget_source, **options)
 
     def infer(self, x: torch.Tensor) -> Any:

@@ -105,6 +105,9 @@ def attach_onnxruntime(optimizer: Any, precisions: Sequence[str] = ("float",), *
 
         switcher = OrtBlockSwitcher(TorchOnnxSource(optimizer.switcher), store.block_sparsity, num_threads,
                                     cache_bytes, fuse)
+    if profile is None and getattr(optimizer, "latency", None) is None:
+        raise StoreError(f"{str(store.root)!r} has neither an ONNX Runtime profile nor latency_profile.json: run "
+                         "export_onnx_store(...) and profile_onnx(...) (or LatencyEstimator) first")
     if profile is None:
         warnings.warn(
             f"{str(store.root)!r} has no ONNX Runtime profile: choosing with PyTorch latencies and sizes; run "
