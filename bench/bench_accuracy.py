@@ -229,8 +229,9 @@ def main() -> None:
     p.add_argument("--composition-epochs", type=int, default=4)
     p.add_argument("--composition-lr", type=float, default=0.01)
     p.add_argument("--batchnorm", default="train", choices=("frozen", "train"))
-    p.add_argument("--composition-samples", type=int, default=2, help="random compositions per step")
-    p.add_argument("--every-level", action="store_true", help="every level at every step, not one level in turn")
+    p.add_argument("--composition-samples", type=int, default=1, help="random compositions per step")
+    p.add_argument("--one-level", dest="every_level", action="store_false",
+                   help="the smallest and one level in turn at each step (the earlier sandwich), not every level")
     p.add_argument("--fit-compositions", type=int, default=24)
     p.add_argument("--random", type=int, default=10, help="random compositions evaluated")
     p.add_argument("--profile-on", default="unseen", choices=("unseen", "test"),

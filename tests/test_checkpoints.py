@@ -187,7 +187,7 @@ def test_composition_stage_resumes_mid_epoch(setup, tmp_path: Path) -> None:
                              verbose=False, loss_fn=loss_fn, **options).train_all_compositions()
 
     run(tmp_path / "straight", 0, noisy_distillation)
-    sampler = SandwichSampler(tuple(SPARSITIES), 3, num_random=2, seed=0)
+    sampler = SandwichSampler(tuple(SPARSITIES), 3, num_random=1, seed=0, every_level=True)  # the stage's defaults
     per_step = [[len(sampler.sample(epoch, step)) for step in range(BATCHES)] for epoch in range(2)]
     validation = len(sampler.validation_set())  # one held-out batch
     # one validation before training, epoch 1, validation, then die in step 5 of epoch 2
@@ -289,7 +289,7 @@ def test_composition_state_from_before_mid_epoch_checkpoints_resumes(setup, tmp_
         return CompositionRetrainer(model, bm, mm, str(root / "straight"), str(tmp_path / "t"), 2, train_loader(),
                                     val_batches(), verbose=False, loss_fn=loss_fn).train_all_compositions()
 
-    sampler = SandwichSampler(tuple(SPARSITIES), 3, num_random=2, seed=0)
+    sampler = SandwichSampler(tuple(SPARSITIES), 3, num_random=1, seed=0, every_level=True)  # the stage's defaults
     validation = len(sampler.validation_set())
     with pytest.raises(Interrupt):  # at the first step of epoch 2
         run(dying_after(validation + sum(len(sampler.sample(0, i)) for i in range(BATCHES)) + validation + 1,

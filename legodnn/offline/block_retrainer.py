@@ -65,8 +65,9 @@ class BlockRetrainer:
     learn to work beside pruned neighbours. ``composition_epochs`` sets its length
     (``None``: automatic, see :meth:`_composition_stage`; ``0``: off, block distillation
     alone as in the original). ``composition_lr`` (SGD with Nesterov momentum, cosine to
-    0), ``composition_samples`` (random compositions per step besides the smallest and
-    one whole level), ``temperature`` (of the logit distillation), ``batchnorm``
+    0), ``composition_samples`` (random compositions per step besides the whole levels),
+    ``composition_every_level`` (every whole level at every step; ``False``: the smallest
+    and one level in turn), ``temperature`` (of the logit distillation), ``batchnorm``
     (``"train"``: descendants' BatchNorm follows the batches; ``"frozen"``) and
     ``label_weight`` (cross-entropy with the batch's labels; ``None``: 1 for a
     classifier, else 0) tune it.
@@ -113,7 +114,8 @@ class BlockRetrainer:
         *,
         composition_epochs: Optional[int] = None,
         composition_lr: float = 0.01,
-        composition_samples: int = 2,
+        composition_samples: int = 1,
+        composition_every_level: bool = True,
         temperature: float = 2.0,
         batchnorm: str = "train",
         label_weight: Optional[float] = None,
@@ -150,7 +152,8 @@ class BlockRetrainer:
         self.loss_fn = loss_fn or F.mse_loss
         verbose = self.verbose = verbose and self.ranks.is_main  # one progress bar, rank 0's
         self.composition_epochs = composition_epochs
-        self._composition_options = dict(lr=composition_lr, num_random=composition_samples, temperature=temperature,
+        self._composition_options = dict(lr=composition_lr, num_random=composition_samples,
+                                         every_level=composition_every_level, temperature=temperature,
                                          batchnorm=batchnorm, label_weight=label_weight, seed=seed, verbose=verbose,
                                          checkpoint_seconds=self.checkpoint_seconds,
                                          checkpoint_steps=self.checkpoint_steps, data_parallel=data_parallel,

@@ -122,6 +122,13 @@ class CompositionStage:
     frame, the blocks and the images in NHWC layout while the stage runs
     (:mod:`~legodnn.offline.precision`); with both off nothing changes, bit for bit.
 
+    The default sandwich is every whole level at every step plus ``num_random=1`` random
+    composition (``every_level=True``): on CIFAR-10 (an 82.85% ResNet-18 teacher, 8 block
+    epochs then 4 of this stage, 20,000 images, 10,000 test images) it gave 82.56 /
+    81.63 / 79.75% with every block at 0.3 / 0.6 / 0.8 against 82.15 / 81.29 / 78.97% for
+    one level in turn plus two random compositions, at the same four compositions per
+    step; ten random compositions lost 0.44 point on average (79.52% against 79.96%).
+
     The default recipe (SGD with Nesterov momentum at 0.01, cosine to 0; descendants'
     BatchNorm following the batches; KL at temperature 2 plus the labels' cross-entropy
     for a classifier) was chosen on CIFAR-10 (a 71% ResNet-18 teacher, 4,000 images, one
@@ -144,8 +151,8 @@ class CompositionStage:
         device: str = "cpu",
         *,
         lr: float = 0.01,
-        num_random: int = 2,
-        every_level: bool = False,
+        num_random: int = 1,
+        every_level: bool = True,
         temperature: float = 2.0,
         batchnorm: str = "train",
         feature_weight: float = 0.0,
