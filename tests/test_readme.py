@@ -13,8 +13,8 @@ README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 # README first; each later page says that its examples run after README's, in this session
 SESSION = [README, DOCS / "blockmanager.md", DOCS / "online.md", DOCS / "tasks.md"]
-# pages whose Python blocks are fragments (`...`), need another store or torchrun, and say so
-NOT_RUN = {"accuracy.md", "distributed.md", "plots.md", "store.md"}
+# pages whose Python blocks are fragments (`...`), need another store, ONNX Runtime or torchrun
+NOT_RUN = {"accuracy.md", "distributed.md", "onnxruntime.md", "plots.md", "store.md"}
 
 
 def _blocks(page: Path) -> list:
