@@ -77,6 +77,16 @@ class BlockSwitcher:
     Descendants already built stay cached in memory up to ``cache_bytes``; the live
     ones never leave the cache. :meth:`from_block_manager` reuses a block manager's
     trace instead.
+
+    Args:
+        blocks_dir: a blocks directory (or an open :class:`BlockStore`) made from this
+            model's architecture; its fingerprint is checked.
+        model: the model code, the teacher's architecture; its weights may be random.
+        device: where the served model runs.
+        cache_bytes: the bytes of built descendants kept in memory besides the live ones.
+        model_manager: how to run the model for tracing, as at extraction (``None``:
+            one random tensor per input shape).
+        copy_model: trace a copy, leaving ``model`` as it was.
     """
 
     def __init__(

@@ -120,6 +120,20 @@ class BlockProfiler:
     forwards under autocast and ``channels_last=True`` holds the models and the images in
     NHWC layout while profiling (:mod:`~legodnn.offline.precision`); the metrics are
     computed from fp32 outputs. With both off the profile is the same, bit for bit.
+
+    Args:
+        teacher_model: the trained model the blocks were extracted from.
+        block_manager: the block manager of that model.
+        model_manager: scores a model on the test set (``CommonModelManager()``: top-1
+            accuracy), and measures size and FLOPs.
+        trained_blocks_dir: the retrained store to profile; the profiles are written into it.
+        test_loader: the held-out data the metric is measured on.
+        model_input_size: the input shape with its batch dim, for FLOPs.
+        device: where the models run.
+        verbose: progress bars.
+        data_parallel: shard the test set over the ranks of a process group.
+        amp: ``None``, ``"bf16"`` or ``"fp16"``: autocast for the forwards.
+        channels_last: NHWC layout for the models and images.
     """
 
     def __init__(

@@ -183,6 +183,19 @@ class LatencyEstimator:
     "isolated" (the only choice for ONNX Runtime) times each descendant alone, run after
     run, where its weights and activations stay in the CPU caches: on a CIFAR ResNet-18
     that underestimates composed models by 8-9% (``bench/bench_online.py``).
+
+    Args:
+        block_manager: the block manager of the model whose store is timed.
+        model_manager: runs the model (``CommonModelManager()``).
+        trained_blocks_dir: the store; ``latency_profile.json`` is written into it.
+        test_sample_num: timed runs per descendant (the median counts).
+        model_input_size: the input shape with its batch dim, as the device will serve.
+        device: the device timed; CUDA runs are synchronized.
+        backend: "torch" or "onnxruntime" (the ``onnx`` extra).
+        num_threads: CPU threads during the measurement (default: torch's current setting).
+        verbose: progress bars.
+        rounds: passes the runs are spread over, in shuffled order.
+        method: "auto", "in_situ" or "isolated" (above).
     """
 
     def __init__(

@@ -70,6 +70,19 @@ class ScalingOptimizer:
 
     On the device, :meth:`from_store` builds it from the store and the model code alone
     (one trace, no block manager); the positional form below is the original API.
+
+    Args:
+        trained_blocks_dir: the retrained, profiled store.
+        model_input_size: the input shape with its batch dim (checked against the profiles).
+        block_manager: the block manager of the model.
+        model_manager: must be the block manager's own (another one is ignored, with a warning).
+        device: where the live model runs.
+        switcher: a block switcher to install configurations with (default: one built
+            from the block manager).
+        cache_bytes: the switcher's cache of built descendants, in bytes.
+        accuracy_model: the estimate maximized: "fitted" (``accuracy_estimate.json``),
+            "additive" (teacher minus summed drops), "multiplicative", or "auto" (the
+            fitted one when the profile has it, else the closer of the other two).
     """
 
     def __init__(
