@@ -95,6 +95,36 @@ class BlockRetrainer:
     the teacher and the descendants, and the batches' images, in NHWC layout while
     training. With both off the results are the same, bit for bit, as without them. On a
     CUDA device the loaders legodnn builds (held-out splits, shards) pin their memory.
+
+    Args:
+        teacher_model: the trained model the blocks were extracted from.
+        block_manager: the block manager of that model.
+        model_manager: runs the teacher to capture every block's input and output.
+        compressed_blocks_dir: the store ``extract_all_blocks`` wrote.
+        trained_blocks_dir: the retrained store to write (and resume from).
+        max_epoch: epochs of block distillation.
+        train_loader: the training data.
+        val_loader: held-out data that picks the best epoch (default: a split of
+            ``train_loader``).
+        device: where training runs.
+        optimizer: a factory ``params -> torch.optim.Optimizer`` per descendant
+            (default :func:`default_optimizer`, Adam at 1e-3).
+        loss_fn: the block distillation loss (default: mean squared error).
+        verbose: progress bars and per-epoch lines.
+        composition_epochs: epochs of composition-aware retraining (``None``:
+            automatic; ``0``: off).
+        composition_lr: its learning rate.
+        composition_samples: random compositions per step besides the fixed ones.
+        temperature: of the logit distillation.
+        batchnorm: ``"train"`` or ``"frozen"``, the descendants' BatchNorm in that stage.
+        label_weight: weight of the labels' cross-entropy (``None``: 1 for a classifier).
+        seed: seeds the sharding of the loaders and the composition sampling.
+        overwrite: replace a store of another model at ``trained_blocks_dir``.
+        checkpoint_seconds: save mid-epoch after this many seconds (``None``: never by time).
+        checkpoint_steps: save mid-epoch after this many steps (``None``: never by steps).
+        data_parallel: shard the loaders over the ranks of a process group.
+        amp: ``None``, ``"bf16"`` or ``"fp16"``: autocast for the forwards.
+        channels_last: NHWC layout while training.
     """
 
     def __init__(
