@@ -192,9 +192,12 @@ def _fit_once(
     sparsities: Sequence[float],
     ridge: float,
     span: float,
+    weights: Optional[Sequence[float]] = None,
 ) -> Tuple[torch.Tensor, float, float]:
     onehot = _onehot(configs, sparsities)
     drop = teacher - torch.tensor(list(metrics), dtype=torch.float64)
+    w = torch.ones_like(drop) if weights is None else torch.tensor(list(weights), dtype=torch.float64)
+    w = w / w.mean()
     model = _Fit(init.clamp_min(0).cummax(1).values, 0.1, span)
     prior = init.clamp_min(0)
     # a few dozen parameters: L-BFGS converges in tens of iterations on consistent data; the
@@ -204,7 +207,7 @@ def _fit_once(
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = ((model(onehot) - drop) ** 2).mean() + ridge * ((model.terms() - prior) ** 2).mean()
+        loss = (w * (model(onehot) - drop) ** 2).mean() + ridge * ((model.terms() - prior) ** 2).mean()
         loss.backward()
         return loss
 
@@ -227,6 +230,7 @@ def fit_accuracy_model(
     folds: int = 5,
     ridge: float = 1e-3,
     max_drop: Optional[float] = None,
+    single_weight: float = 1.0,
 ) -> FittedAccuracyModel:
     """Fit the terms and the curvature on single-block drops and measured compositions.
 
@@ -237,11 +241,14 @@ def fit_accuracy_model(
     the model returned is fitted on all of them. ``ridge`` pulls each term gently towards
     its single-block drop, which only matters for options no composition used.
     ``max_drop`` bounds the largest drop the link can reach (default: the teacher's
-    metric, that is a floor of 0; the fit finds the floor within it).
+    metric, that is a floor of 0; the fit finds the floor within it). ``single_weight``
+    weighs each single-block drop against one composition in the squared error.
     """
     span = float(max_drop) if max_drop is not None else max(float(teacher_metric), 1e-6)
     if not (math.isfinite(span) and span > 0):
         raise InvalidArgumentError(f"max_drop must be a positive number, got {max_drop!r}")
+    if not (isinstance(single_weight, (int, float)) and math.isfinite(single_weight) and single_weight > 0):
+        raise InvalidArgumentError(f"single_weight must be a positive number, got {single_weight!r}")
     names, levels = list(block_names), [float(s) for s in sparsities]
     init = torch.zeros(len(names), len(levels), dtype=torch.float64)
     for b, name in enumerate(names):
@@ -261,7 +268,9 @@ def fit_accuracy_model(
 
     def fit(points: Sequence[Tuple[Tuple[float, ...], float]]) -> Tuple[torch.Tensor, float, float]:
         data = singles + list(points)
-        return _fit_once(teacher_metric, init, [c for c, _ in data], [m for _, m in data], levels, ridge, span)
+        weights = [float(single_weight)] * len(singles) + [1.0] * len(points)
+        return _fit_once(teacher_metric, init, [c for c, _ in data], [m for _, m in data], levels, ridge, span,
+                         weights)
 
     errors: List[float] = []
     k = min(folds, len(comps))
