@@ -2,25 +2,30 @@
 sparsity, precision), and the accuracy drop of every int8 descendant.
 
 Latency is measured in the context each session serves in, for both ways of serving
-(:mod:`.serving`): **fused** (one session of the whole configuration, the default once
-built) and **chain** (one session per segment and block, right after a swap or with
-``fuse=False``). Inside one fused graph a block costs what its session costs called
-again and again on its bound buffers (measured: their sum is within 2% of the fused
-session), so those are timed alone, interleaved. In the chain every session runs slower
-than alone (its kernels and buffers are cold after the previous session's; 15-75 us per
-session at batch 1 here), so the chain's options are timed *in sequence*: whole chains
-that together hold every option, each step timed where it runs, and the chain's own
-cost (the loop, the output copy) measured the same way.
+(:mod:`.serving`): **fused** (one session of the whole configuration, what serves once
+it is built) and **chain** (one session per segment and block, right after a swap or
+with ``fuse=False``). Every session is timed on its bound buffers, all of them and every
+measured configuration interleaved one run per pass (a slow spell of a loaded machine
+falls on many candidates once, and no session is timed hot from its own previous run).
+The chain's options are also timed *in sequence*: whole chains that together hold every
+option, each step timed where it runs, and the chain's own cost (the loop, the input and
+output copies) measured the same way.
 
-A configuration is then estimated as ``frame + offset + scale * sum(blocks)``, with
-``(scale, offset)`` fitted on measured random configurations the way
-:class:`~legodnn.online.LatencyEstimator` calibrates PyTorch's (``scale >= 0.1``, the
-time outside blocks non-negative, kept only where it beats the plain sum in
-leave-one-out), and checked on other random configurations it never saw
-(``validation``). Bytes are the ONNX initializers (int8 weights one byte each). The int8
-accuracy drop is measured like the float one in :class:`~legodnn.offline.BlockProfiler`:
-the teacher's metric minus the metric with that one descendant in place, here on the
-ONNX Runtime chain.
+A chained configuration is estimated as the sum of what it runs, each part timed in
+sequence: nothing to fit. Inside a fused graph a block's cost cannot be timed, so a fused
+configuration is estimated as ``frame + offset + sum(scale[precision] * block alone)``,
+fitted on measured random fused configurations the way
+:class:`~legodnn.online.LatencyEstimator` calibrates PyTorch's (kept only where it beats
+the plain sum in leave-one-out; scales within 0.1-10; the offset may be negative, since
+each time alone includes per-session costs one graph does not pay, but no lower than
+minus the frame and half the fastest configuration's block time, and the fastest
+configuration's estimate stays positive). Both are checked on other random
+configurations no fit saw (``validation``).
+
+Bytes are the ONNX initializers (int8 weights one byte each). The int8 accuracy drop is
+measured like the float one in :class:`~legodnn.offline.BlockProfiler`: the teacher's
+metric minus the metric with that one descendant in place, here on the ONNX Runtime
+chain.
 """
 
 from __future__ import annotations
@@ -291,13 +296,14 @@ def _fit_modes(sums: np.ndarray, y: np.ndarray, frame: float, min_sum: float) ->
 
 
 def _calibrate(sums: np.ndarray, measured: Sequence[float], frame: float, n_fit: int, min_sum: float,
-               precisions: Sequence[str]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+               precisions: Sequence[str], fit: bool = True) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """Fit the calibration on the first ``n_fit`` configurations (kept only when it beats the
     plain sum in leave-one-out over them, and keeps the fastest configuration's estimate
-    positive), and report the error on the others, which the fit never saw."""
+    positive), and report the error on the others, which the fit never saw. ``fit=False``
+    reports the plain sum on the same held-out configurations."""
     meas = np.asarray(measured, dtype=float)
     scales, offset = np.ones(sums.shape[1]), 0.0
-    if n_fit >= 4:
+    if fit and n_fit >= 4:
         fx, fy = sums[:n_fit], meas[:n_fit]
         loo_cal, loo_raw = [], []
         for i in range(n_fit):
@@ -409,8 +415,11 @@ def profile_onnx(
     base = OnnxProfile(store.fingerprint, manifest.weights_digest, int(num_threads), shape, fused_frame,
                        int(frame_bytes), float(t["fused_s"][0]), metric_name, teacher_metric, tuple(options),
                        chain_frame_latency_s=chain_frame)
-    # calibrate each serving mode on the teacher and the first n_fit random configurations,
-    # check it on the others (never seen by the fit)
+    # fused: a block's cost inside one graph cannot be timed, so frame + offset + scale * blocks
+    # is fitted on the teacher and the first n_fit random configurations; chain: every part is
+    # timed where it runs (steps in sequence, the chain's own cost), so nothing is fitted
+    # (a fit there only fits noise: held out, it did worse than the plain sum). Both are
+    # checked on the other configurations, which no fit saw.
     calibration: Dict[str, Dict[str, float]] = {}
     validation: Dict[str, Any] = {"configurations": [[list(c[n]) for n in names] for c in configs[n_fit:]],
                                   "fit_configurations": [[list(c[n]) for n in names] for c in configs[:n_fit]]}
@@ -418,7 +427,8 @@ def profile_onnx(
         sums = np.array([[sum(base.block_latency(base.option(b, s, p), mode) for b, (s, p) in c.items() if p == q)
                           for q in precisions] for c in [teacher_cfg, *configs]])
         min_sum = sum(min(base.block_latency(o, mode) for o in options if o.block == n) for n in names)
-        calibration[mode], validation[mode] = _calibrate(sums, measured, frame, 1 + n_fit, min_sum, precisions)
+        calibration[mode], validation[mode] = _calibrate(sums, measured, frame, 1 + n_fit, min_sum, precisions,
+                                                         fit=mode == "fused")
         validation[mode]["teacher_measured_s"] = measured[0]
     validation.update({k: validation["fused"][k] for k in validation["fused"]
                        if k in ("n", "n_fit", "within_10pct", "within_10pct_raw", "mean_abs_rel_error",
