@@ -240,6 +240,22 @@ def test_fit_recovers_a_known_interaction() -> None:
         assert row[0] == 0.0 and all(b >= a >= 0 for a, b in zip(row, row[1:]))
 
 
+def test_fit_weighs_single_drops_as_asked() -> None:
+    names, levels, metric, singles, rng = _synthetic(3, curvature=2.0)
+    configs = [tuple(rng.choice(levels) for _ in names) for _ in range(30)]
+    measured = [MeasuredComposition(c, metric(c)) for c in configs]
+    # single drops that lie (all 0): the less they weigh, the closer the fit stays to the compositions
+    liars = {k: 0.0 for k in singles}
+    errors = []
+    for weight in (1.0, 0.01):
+        fitted = fit_accuracy_model("accuracy", 0.9, names, levels, liars, measured, folds=0, single_weight=weight)
+        errors.append(max(abs(fitted.estimate(c) - metric(c)) for c in configs))
+    assert errors[1] < errors[0]
+    for bad in (0, -1.0, float("nan"), "1"):
+        with pytest.raises(LegoDNNError, match="single_weight"):
+            fit_accuracy_model("accuracy", 0.9, names, levels, singles, measured, single_weight=bad)
+
+
 def test_fit_without_interaction_finds_none(tmp_path: Path) -> None:
     names, levels, metric, singles, rng = _synthetic(2, curvature=0.0)
     configs = [tuple(rng.choice(levels) for _ in names) for _ in range(20)]
