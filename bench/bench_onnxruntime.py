@@ -206,7 +206,7 @@ def compare_serving(ort_sw: OrtBlockSwitcher, torch_sw: Any, size: Tuple[int, ..
             x_np = xb.numpy()
             fns += [lambda c=served, f=run_config: f(c), lambda c=chained, f=run_config: f(c),
                     lambda one=one, x_np=x_np: one.run_numpy(x_np), eager_run]
-    times = time_interleaved(fns, runs * 3, "cpu", rounds=runs)
+    times = time_interleaved(fns, runs * 4, "cpu", rounds=runs * 4)  # one run of each per pass
     for i, row in enumerate(rows):
         f, c, o, e = times[4 * i: 4 * i + 4]
         row.update({"served_ms": 1e3 * f, "chained_ms": 1e3 * c, "one_session_ms": 1e3 * o, "eager_ms": 1e3 * e,

@@ -148,6 +148,8 @@ class _Buffers:
 
 def _as_numpy(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
+        if x.dtype == torch.float32 and x.device.type == "cpu" and not x.requires_grad:
+            return x.numpy()  # no copy: run() copies it into its bound buffer anyway
         return x.detach().cpu().float().numpy()
     if isinstance(x, np.ndarray):
         return x.astype(np.float32, copy=False)
