@@ -125,7 +125,7 @@ class Settings:
                        test_subset=160, random_compositions=2, base_width=8, composition_epochs=1,
                        profile_compositions=6, latency_runs=5, latency_compositions=4)
         if dataset == "digits":
-            return cls(epochs=DIGITS_EPOCHS, block_epochs=2, batch_size=64, lr=0.05, composition_epochs=2,
+            return cls(epochs=DIGITS_EPOCHS, block_epochs=2, batch_size=64, lr=0.05, composition_epochs=1,
                        profile_compositions=12, latency_runs=10, latency_compositions=8)
         return cls(epochs=30, block_epochs=10, batch_size=128, lr=0.1)  # CIFAR: hours on a CPU, minutes on a GPU
 
@@ -493,7 +493,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=None,
                         help=f"teacher training epochs (digits: {DIGITS_EPOCHS}, CIFAR: 30)")
     parser.add_argument("--block-epochs", type=int, default=None,
-                        help="block distillation epochs (digits: 2, then 2 composition-aware epochs; CIFAR: 10, "
+                        help="block distillation epochs (digits: 2, then 1 composition-aware epoch; CIFAR: 10, "
                              "then two thirds as many)")
     parser.add_argument("--train-subset", type=int, default=None, help="use this many random training images")
     parser.add_argument("--test-subset", type=int, default=None, help="use this many random test images")
