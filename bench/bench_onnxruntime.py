@@ -173,8 +173,9 @@ def compare_serving(ort_sw: OrtBlockSwitcher, torch_sw: Any, size: Tuple[int, ..
                     batches: Sequence[int], runs: int) -> List[Dict[str, Any]]:
     """Served (fused) vs chained vs one exported session vs eager, interleaved in one pass."""
     names = ort_sw.block_names
-    rows, fns = [], []
+    rows: List[Dict[str, Any]] = []
     for batch in batches:
+        fns, batch_rows = [], []
         xb = torch.rand((batch,) + tuple(size[1:]), generator=torch.Generator().manual_seed(0))
         for level in levels:
             cfg = [level] * len(names)
@@ -190,7 +191,7 @@ def compare_serving(ort_sw: OrtBlockSwitcher, torch_sw: Any, size: Tuple[int, ..
             ort_sw._config = chained
             chain_out = ort_sw.model(xb)
             ort_sw._config = served
-            rows.append({"batch": batch, "level": level,
+            batch_rows.append({"batch": batch, "level": level,
                          "max_abs_diff_chain_vs_eager": float((chain_out - ref).abs().max()),
                          "max_abs_diff_served_vs_eager": float((ort_sw.model(xb) - ref).abs().max()),
                          "max_abs_diff_one_session_vs_eager": float((one(xb) - ref).abs().max())})
@@ -206,12 +207,15 @@ def compare_serving(ort_sw: OrtBlockSwitcher, torch_sw: Any, size: Tuple[int, ..
             x_np = xb.numpy()
             fns += [lambda c=served, f=run_config: f(c), lambda c=chained, f=run_config: f(c),
                     lambda one=one, x_np=x_np: one.run_numpy(x_np), eager_run]
-    times = time_interleaved(fns, runs * 4, "cpu", rounds=runs * 4)  # one run of each per pass
-    for i, row in enumerate(rows):
-        f, c, o, e = times[4 * i: 4 * i + 4]
-        row.update({"served_ms": 1e3 * f, "chained_ms": 1e3 * c, "one_session_ms": 1e3 * o, "eager_ms": 1e3 * e,
-                    "served_overhead": f / o - 1.0, "chain_overhead": c / o - 1.0, "served_vs_eager": f / e,
-                    "chained_vs_eager": c / e})
+        # one run of each per pass; batch 1 takes a millisecond, so many more runs there
+        n = runs * (20 if batch == 1 else 4)
+        times = time_interleaved(fns, n, "cpu", rounds=n)
+        for i, row in enumerate(batch_rows):
+            f, c, o, e = times[4 * i: 4 * i + 4]
+            row.update({"runs": n, "served_ms": 1e3 * f, "chained_ms": 1e3 * c, "one_session_ms": 1e3 * o,
+                        "eager_ms": 1e3 * e, "served_overhead": f / o - 1.0, "chain_overhead": c / o - 1.0,
+                        "served_vs_eager": f / e, "chained_vs_eager": c / e})
+        rows += batch_rows
     return rows
 
 
