@@ -89,6 +89,10 @@ class _Config:
     fused: Optional[_Session] = None
 
 
+#: How long closing waits for a fusion in progress (building one session takes tens of ms).
+_EXIT_WAIT_S = 60.0
+
+
 class _FuseJobs:
     """What the background fusion thread waits on (holds no reference to the switcher)."""
 
@@ -97,11 +101,18 @@ class _FuseJobs:
         self.pending: Optional[Tuple[Tuple[float, str], ...]] = None
         self.busy = False
         self.closed = False
+        self.thread: Optional[threading.Thread] = None
 
-    def close(self) -> None:
+    def close(self, wait_s: float = 0.0) -> None:
+        """Tell the worker to stop; with ``wait_s``, wait for it to finish the fusion it is
+        in. At interpreter exit that wait matters: a daemon thread still inside ONNX Runtime
+        when the process tears down aborts it ("terminate called without an active exception")."""
         with self.cond:
             self.closed = True
             self.cond.notify_all()
+        thread = self.thread
+        if wait_s > 0 and thread is not None and thread is not threading.current_thread():
+            thread.join(wait_s)
 
 
 def _fuse_worker(jobs: _FuseJobs, ref: "weakref.ref[OrtBlockSwitcher]") -> None:
@@ -178,7 +189,7 @@ class OrtBlockSwitcher:
         self.fuse_error: Optional[str] = None  # why fusion failed (the chain then serves alone)
         self._jobs = _FuseJobs()
         self._worker: Optional[threading.Thread] = None
-        weakref.finalize(self, self._jobs.close)
+        weakref.finalize(self, self._jobs.close, _EXIT_WAIT_S)  # collected, or at exit: stop and wait
         self.source = source
         self.num_threads = int(num_threads)
         self.cache_bytes = int(cache_bytes)
@@ -305,6 +316,7 @@ class OrtBlockSwitcher:
             if self._worker is None:
                 self._worker = threading.Thread(target=_fuse_worker, args=(jobs, weakref.ref(self)),
                                                 name="legodnn-ort-fuse", daemon=True)
+                jobs.thread = self._worker
                 self._worker.start()
             jobs.cond.notify_all()
 
@@ -328,8 +340,9 @@ class OrtBlockSwitcher:
         return self._config.fused is not None
 
     def close(self) -> None:
-        """Stop the background fusion thread (also done when the switcher is collected)."""
-        self._jobs.close()
+        """Stop the background fusion thread and wait for the fusion it is in (also done when
+        the switcher is collected and at interpreter exit)."""
+        self._jobs.close(_EXIT_WAIT_S)
 
     def _evict(self) -> None:
         live = {e.key for e in self._config.sessions}
