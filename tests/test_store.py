@@ -91,6 +91,22 @@ def test_refuses_a_users_folder_and_file(profiled, tmp_path: Path) -> None:
     assert sorted(p.name for p in user.iterdir()) == ["sub", "thesis.tex"]
 
 
+def test_a_folder_being_marked_by_another_rank_is_ours(tmp_path: Path) -> None:
+    """Under torchrun every rank claims the target folder while rank 0 writes its work
+    marker: a folder holding only legodnn's temporary file of that write is claimable
+    (CI once saw rank 1 refuse it); a user's file beside one is still refused."""
+    from legodnn.blockmanager.atomic import temp_path
+    from legodnn.blockmanager.store import WORK_MARKER, claim_path
+
+    target = tmp_path / "t"
+    target.mkdir()
+    temp_path(target / WORK_MARKER).write_text("")  # the marker's write in progress
+    assert claim_path(target, "f") == target.absolute()
+    (target / "notes.txt").write_text("mine")
+    with pytest.raises(NotOursError, match="notes.txt"):
+        claim_path(target, "f")
+
+
 def test_same_model_refreshes_other_model_needs_overwrite(profiled, tmp_path: Path) -> None:
     _, _, mm, bm = profiled
     target = tmp_path / "blocks"

@@ -26,6 +26,7 @@ __all__ = [
     "copy_file_atomic",
     "exchange_paths",
     "fsync_dir",
+    "is_temp_name",
     "remove_stale_temps",
     "save_torch_atomic",
     "temp_path",
@@ -42,6 +43,12 @@ def temp_path(path: PathLike, kind: str = "tmp") -> Path:
     """A fresh temporary sibling of ``path`` owned by this process (``kind``: tmp, writing, old)."""
     path = Path(path)
     return path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.{kind}"
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is one of legodnn's temporary names (``temp_path``): a write in
+    progress, by this or another live process, or left by a dead one."""
+    return _TEMP.match(name) is not None
 
 
 def _alive(pid: int) -> bool:

@@ -35,6 +35,7 @@ from ..errors import CorruptedStoreError, FingerprintMismatchError, NotOursError
 from .atomic import (
     copy_file_atomic,
     exchange_paths,
+    is_temp_name,
     remove_stale_temps,
     temp_path,
     write_tensors_atomic,
@@ -108,7 +109,9 @@ def claim_path(target: PathLike, fingerprint: Optional[str], overwrite: bool = F
             "Choose a new path (it is created) or remove the file yourself")
     if not target.exists():
         return target
-    entries = sorted(p.name for p in target.iterdir())
+    # legodnn's own temporary files count as empty: another rank of a torchrun job may be
+    # writing the work marker of this very folder at this moment
+    entries = sorted(p.name for p in target.iterdir() if not is_temp_name(p.name))
     if not entries or (target / WORK_MARKER).is_file():
         return target
     manifest = _read_manifest(target)
