@@ -418,3 +418,21 @@ def warn_if_ignored_manager(name: str, model_manager: Any, block_manager: Any) -
         return
     warnings.warn(f"{name} is not used here: the block manager's model manager is (pass None or the same one)",
                   stacklevel=3)
+
+
+#: The precisions a descendant can be served in (int8 ones are ONNX Runtime graphs).
+PRECISIONS = ("float", "int8")
+
+
+def check_precisions(precisions: Any) -> Tuple[str, ...]:
+    """``precisions`` as a tuple in canonical order: a non-empty subset of float and int8."""
+    if isinstance(precisions, str):
+        precisions = (precisions,)
+    try:
+        given = list(precisions)
+    except TypeError:
+        given = None
+    if not given or any(p not in PRECISIONS for p in given):
+        raise InvalidArgumentError(
+            f"precisions must list some of {list(PRECISIONS)}, got {precisions!r}; e.g. precisions=('float', 'int8')")
+    return tuple(p for p in PRECISIONS if p in given)

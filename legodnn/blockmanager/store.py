@@ -95,6 +95,16 @@ def _read_manifest(root: Path) -> Optional[Dict[str, Any]]:
     return data if isinstance(data, dict) and data.get("format") == FORMAT else None
 
 
+def read_json_or_none(path: Path) -> Optional[Any]:
+    """A profile-like JSON file, or None when it does not exist; unreadable is corrupt."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CorruptedStoreError(f"cannot read {path}: {exc}; profile again") from exc
+
+
 def claim_path(target: PathLike, fingerprint: Optional[str], overwrite: bool = False, what: str = "blocks_dir") -> Path:
     """Check that legodnn may write a store at ``target``; returns it as an absolute path.
 
@@ -328,13 +338,7 @@ class BlockStore:
     # -- profiles ---------------------------------------------------------------
     def read_json(self, name: str) -> Optional[Any]:
         """A JSON file of the layout, or None when the store has none."""
-        path = self.root / name
-        if not path.is_file():
-            return None
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise CorruptedStoreError(f"cannot read {path}: {exc}; profile again") from exc
+        return read_json_or_none(self.root / name)
 
     def write_json(self, name: str, data: Any) -> Path:
         """Write (atomically) a JSON file of the layout into the store."""

@@ -18,7 +18,7 @@ from typing import Any, Callable, List, Optional, Sequence
 import torch
 
 from ..errors import ArgumentTypeError, InvalidArgumentError, LegoDNNError
-from ..validation import check_choice, check_float
+from ..validation import check_choice, check_float, check_precisions
 from .optimizer import InfeasibleBudgetError, OptimizationResult, ScalingOptimizer
 
 __all__ = ["Budget", "RuntimeEvent", "OnDeviceRuntime", "memory_budget_source", "available_memory_bytes"]
@@ -117,13 +117,13 @@ class OnDeviceRuntime:
                                hint="'torch' serves PyTorch modules, 'onnxruntime' ONNX Runtime sessions")
         if backend == "onnxruntime":
             # imported here: a device serving PyTorch modules needs neither onnxruntime nor what exports to it
-            from ..onnxrt.backend import attach_onnxruntime, check_precisions
+            from ..onnxrt.backend import attach_onnxruntime
 
             precisions = check_precisions(precisions)
             attach_onnxruntime(optimizer, precisions, onnx_dir=onnx_dir, num_threads=num_threads)
-        elif _torch_precisions(precisions) != ("float",):
+        elif check_precisions(precisions) != ("float",):
             raise InvalidArgumentError(
-                f"precisions={_torch_precisions(precisions)!r} with backend='torch': the PyTorch eager runtime serves float "
+                f"precisions={check_precisions(precisions)!r} with backend='torch': the PyTorch eager runtime serves float "
                 "descendants only (int8 ones are ONNX Runtime graphs); pass backend='onnxruntime' for int8, or "
                 "precisions=('float',)")
         self.backend = backend
@@ -230,14 +230,3 @@ class OnDeviceRuntime:
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
-
-def _torch_precisions(precisions: Any) -> tuple:
-    """``precisions`` for the PyTorch backend, in canonical order (as ``legodnn.onnxrt``
-    checks them, without importing it): a non-empty subset of float and int8."""
-    allowed = ("float", "int8")
-    given = [precisions] if isinstance(precisions, str) else (
-        list(precisions) if isinstance(precisions, (list, tuple)) else None)
-    if not given or any(p not in allowed for p in given):
-        raise InvalidArgumentError(
-            f"precisions must list some of {list(allowed)}, got {precisions!r}; e.g. precisions=('float', 'int8')")
-    return tuple(p for p in allowed if p in given)

@@ -14,28 +14,15 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple
 
-from ..errors import InvalidArgumentError, StoreError
-from .onnx_store import PRECISIONS, OnnxStore
+from ..errors import StoreError
+from ..validation import check_precisions
+from .onnx_store import OnnxStore
 from .profile import OnnxProfile
 from .serving import OrtBlockSwitcher
 
 __all__ = ["OnnxCosts", "attach_onnxruntime", "check_precisions"]
 
 logger = logging.getLogger(__name__)
-
-
-def check_precisions(precisions: Any) -> Tuple[str, ...]:
-    """``precisions`` as a tuple in canonical order: a non-empty subset of float and int8."""
-    if isinstance(precisions, str):
-        precisions = (precisions,)
-    try:
-        given = list(precisions)
-    except TypeError:
-        given = None
-    if not given or any(p not in PRECISIONS for p in given):
-        raise InvalidArgumentError(
-            f"precisions must list some of {list(PRECISIONS)}, got {precisions!r}; e.g. precisions=('float', 'int8')")
-    return tuple(p for p in PRECISIONS if p in given)
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,9 @@ from ..blockmanager.atomic import (
     write_bytes_atomic,
     write_text_atomic,
 )
-from ..blockmanager.store import BlockStore, sparsity_tag
+from ..blockmanager.store import BlockStore, read_json_or_none, sparsity_tag
 from ..errors import CorruptedStoreError, NotOursError, StaleProfileError, StoreError
+from ..validation import PRECISIONS as VALID_PRECISIONS
 from ..version import __version__
 from .segments import FramePlan
 
@@ -45,7 +46,7 @@ FORMAT = "legodnn-onnx"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 PROFILE = "profile_onnxruntime.json"
-PRECISIONS = ("float", "int8")
+PRECISIONS = VALID_PRECISIONS  # one definition, in validation
 _FILE = re.compile(r"^[A-Za-z0-9_.+-]+\.onnx$")
 
 
@@ -231,13 +232,7 @@ class OnnxStore:
 
     # -- the profile beside the files ---------------------------------------------------
     def read_profile(self) -> Optional[Dict[str, Any]]:
-        path = self.root / PROFILE
-        if not path.is_file():
-            return None
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise CorruptedStoreError(f"cannot read {path}: {exc}; profile again") from exc
+        return read_json_or_none(self.root / PROFILE)
 
     def write_profile(self, data: Mapping[str, Any]) -> Path:
         if _read_manifest(self.root) is None:  # still ours
