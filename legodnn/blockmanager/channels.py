@@ -40,26 +40,6 @@ from .splits import SPLIT_FUNCTIONS, SPLIT_METHODS, SliceRecord, SplitRecord, pa
 
 __all__ = ["ChannelAnalysis", "PruneGroup", "analyze_channels", "channel_importance"]
 
-_PASSTHROUGH_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid,
-    nn.Sigmoid, nn.Tanh, nn.ELU, nn.SELU, nn.CELU, nn.Mish, nn.Softplus, nn.Hardtanh,
-    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-    nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
-    nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
-    nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReplicationPad1d, nn.ReplicationPad2d,
-)
-_PASSTHROUGH_FUNCTIONS = {
-    F.relu, torch.relu, F.relu6, F.leaky_relu, F.silu, F.gelu, F.hardswish, F.hardsigmoid,
-    F.sigmoid, torch.sigmoid, torch.tanh, F.tanh, F.elu, F.hardtanh, F.mish, F.softplus,
-    F.dropout, F.dropout2d, F.dropout3d, F.max_pool1d, F.max_pool2d, F.max_pool3d,
-    F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
-    F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
-    F.adaptive_max_pool3d, F.interpolate, F.pad, torch.clone, operator.neg, torch.neg,
-    torch.exp, torch.abs,
-}
 #: passthroughs that act on spatial dims (right only when the channels are on dim 1)
 _SPATIAL_MODULES = (
     nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,  # these drop whole channels of dim 1
@@ -70,6 +50,20 @@ _SPATIAL_MODULES = (
     nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
     nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReplicationPad1d, nn.ReplicationPad2d,
 )
+_PASSTHROUGH_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid,
+    nn.Sigmoid, nn.Tanh, nn.ELU, nn.SELU, nn.CELU, nn.Mish, nn.Softplus, nn.Hardtanh,
+    nn.Identity, nn.Dropout, nn.AlphaDropout,
+) + _SPATIAL_MODULES
+_PASSTHROUGH_FUNCTIONS = {
+    F.relu, torch.relu, F.relu6, F.leaky_relu, F.silu, F.gelu, F.hardswish, F.hardsigmoid,
+    F.sigmoid, torch.sigmoid, torch.tanh, F.tanh, F.elu, F.hardtanh, F.mish, F.softplus,
+    F.dropout, F.dropout2d, F.dropout3d, F.max_pool1d, F.max_pool2d, F.max_pool3d,
+    F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d, F.interpolate, F.pad, torch.clone, operator.neg, torch.neg,
+    torch.exp, torch.abs,
+}
 _SPATIAL_FUNCTIONS = {
     F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d,
