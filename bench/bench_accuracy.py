@@ -34,6 +34,7 @@ import json
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
@@ -56,6 +57,43 @@ from legodnn.offline.composition import distillation_loss  # noqa: E402
 SPARSITIES = [0.0, 0.3, 0.6, 0.8]
 SIZE = (1, 3, 32, 32)
 LEVELS = (0.3, 0.6, 0.8)
+
+
+@dataclass
+class BenchData:
+    """The bench's teacher and its data, split the same way by every script of the bench."""
+
+    teacher: nn.Module
+    meta: Dict[str, str]
+    train: Any  # the teacher's own training images, the retraining set
+    val: Any  # 1,000 images the teacher never saw: picks the best epoch
+    profile: Any  # 5,000 other unseen images the profiler measures on
+    test: Any  # all 10,000 test images: every accuracy in the table
+    train_b: Any
+    val_b: Any
+    test_b: Any
+    profile_b: Any
+
+
+def load_bench_data(cache: Path, archive: Path, teacher_path: Path, retrain_images: int,
+                    profile_on: str = "unseen") -> BenchData:
+    """The teacher (in eval mode) and its splits: the training set is stored class by class,
+    so the unseen images are shuffled (seed 2) before they are sliced into val and profile."""
+    full = cifar10_jpg.load_split("train", cache, archive)
+    teacher = get_model("cifar_resnet18", num_classes=10, base_width=16)
+    meta = load_weights(teacher, teacher_path)
+    teacher.eval()
+    seen = full.subset_indices(int(json.loads(meta.get("train_images", "20000"))), int(json.loads(meta.get("seed", "0"))))
+    rest = full.complement(seen)
+    unseen = full.take(rest[torch.randperm(len(rest), generator=torch.Generator().manual_seed(2))])
+    train = full.take(seen).subset(retrain_images, 1)
+    val = unseen.take(torch.arange(0, 1000))
+    profile = unseen.take(torch.arange(1000, 6000))
+    test = cifar10_jpg.load_split("test", cache, archive)
+    test_b = cifar10_jpg.Batches(test, 500, train=False)
+    return BenchData(teacher, meta, train, val, profile, test, cifar10_jpg.Batches(train, 128, train=True, seed=1),
+                     cifar10_jpg.Batches(val, 250, train=False), test_b,
+                     cifar10_jpg.Batches(profile, 250, train=False) if profile_on == "unseen" else test_b)
 
 
 def _stage(work: Path, name: str, run: Any) -> Dict[str, Any]:
@@ -247,22 +285,10 @@ def main() -> None:
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
 
-    full = cifar10_jpg.load_split("train", args.cache, args.archive)
-    teacher = get_model("cifar_resnet18", num_classes=10, base_width=16)
-    meta = load_weights(teacher, args.teacher)
-    teacher.eval()
-    teacher_images = int(json.loads(meta.get("train_images", "20000")))
-    seen = full.subset_indices(teacher_images, int(json.loads(meta.get("seed", "0"))))
-    rest = full.complement(seen)  # the training set is stored class by class: shuffle before slicing
-    unseen = full.take(rest[torch.randperm(len(rest), generator=torch.Generator().manual_seed(2))])
-    train = full.take(seen).subset(args.retrain_images, 1)
-    val = unseen.take(torch.arange(0, 1000))
-    profile_split = unseen.take(torch.arange(1000, 6000))
-    test = cifar10_jpg.load_split("test", args.cache, args.archive)
-    train_b = cifar10_jpg.Batches(train, 128, train=True, seed=1)
-    val_b = cifar10_jpg.Batches(val, 250, train=False)
-    test_b = cifar10_jpg.Batches(test, 500, train=False)
-    profile_b = cifar10_jpg.Batches(profile_split, 250, train=False) if args.profile_on == "unseen" else test_b
+    data = load_bench_data(args.cache, args.archive, args.teacher, args.retrain_images, args.profile_on)
+    teacher, meta, train, val, test = data.teacher, data.meta, data.train, data.val, data.test
+    profile_split = data.profile
+    train_b, val_b, test_b, profile_b = data.train_b, data.val_b, data.test_b, data.profile_b
     mm = CommonModelManager()
 
     result: Dict[str, Any] = {"setup": {

@@ -12,7 +12,6 @@ block stage), without waiting for the legodnn stages to end.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -23,8 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_accuracy as ba  # noqa: E402
 import cifar10_jpg  # noqa: E402
 
-from cv_tasks import get_model  # noqa: E402
-from cv_tasks.image_classification.train import load_weights  # noqa: E402
 from legodnn import AutoBlockManager, CommonModelManager  # noqa: E402
 
 
@@ -40,15 +37,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    teacher = get_model("cifar_resnet18", num_classes=10, base_width=16)
-    meta = load_weights(teacher, args.teacher)
-    teacher.eval()
-    full = cifar10_jpg.load_split("train", args.cache, args.archive)
-    seen = full.subset_indices(int(json.loads(meta.get("train_images", "20000"))), int(json.loads(meta.get("seed", "0"))))
-    train = full.take(seen).subset(args.retrain_images, 1)
-    test = cifar10_jpg.load_split("test", args.cache, args.archive)
-    train_b = cifar10_jpg.Batches(train, 128, train=True, seed=1)
-    test_b = cifar10_jpg.Batches(test, 500, train=False)
+    data = ba.load_bench_data(args.cache, args.archive, args.teacher, args.retrain_images)
+    teacher, train_b, test_b = data.teacher, data.train_b, data.test_b
     mm = CommonModelManager()
     bm = AutoBlockManager(ba.SPARSITIES, teacher, mm, ba.SIZE, verbose=False)
     store = args.work / "compressed"
