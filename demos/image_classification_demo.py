@@ -84,14 +84,49 @@ DEFAULT_OUT = Path("runs") / "image_classification"
 DIGITS_EPOCHS, QUICK_EPOCHS = 4, 4  # teacher epochs on the digits: full set / --quick subset
 
 
+def busy_cores_now(interval: float = 0.3, stat: Path = Path("/proc/stat")) -> Optional[float]:
+    """How many cores other programs keep busy right now, from the kernel's CPU counters
+    sampled ``interval`` seconds apart; ``None`` where there are none (not Linux).
+
+    The load average lags: a minute after a big job (an install) ends, it still says a
+    core is busy, and a demo started then would run on half the machine.
+    """
+
+    def sample() -> Optional[Tuple[int, int]]:
+        try:
+            fields = stat.read_text().splitlines()[0].split()
+        except (OSError, IndexError):
+            return None
+        if not fields or fields[0] != "cpu" or len(fields) < 6:
+            return None
+        ticks = [int(v) for v in fields[1:]]
+        return sum(ticks[:8]), ticks[3] + ticks[4]  # all time (guest is inside user), idle + iowait
+
+    first = sample()
+    if first is None:
+        return None
+    time.sleep(interval)
+    second = sample()
+    if second is None or second[0] <= first[0]:
+        return None
+    total, idle = second[0] - first[0], second[1] - first[1]
+    cores = os.cpu_count() or 1
+    return cores * (1.0 - idle / total)
+
+
 def default_threads() -> Tuple[int, str]:
     """Torch CPU threads for this machine now, and why: one per core that other programs leave
-    idle (the 1-minute load average says how many they keep busy), at least 1, at most 4.
+    idle (sampled now; the 1-minute load average where the kernel's counters are missing),
+    at least 1, at most 4.
 
     Two threads on a machine whose other core is busy wait on each other at every op: a run
     that took 4 minutes with one thread took 12 with two.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    busy = busy_cores_now()
+    if busy is not None:
+        idle = max(1, min(4, cores - math.floor(busy + 0.5)))
+        return idle, f"{cores} cores, {busy:.1f} busy now"
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):  # not on every platform

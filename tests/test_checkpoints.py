@@ -347,6 +347,7 @@ _KILLED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sigkill_at_a_random_moment_then_resume(setup, tmp_path: Path) -> None:
     """The training subprocess announces each checkpoint; it is killed a random time after
     a random one of them (perhaps in the middle of the next save), then resumed here."""

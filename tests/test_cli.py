@@ -209,6 +209,7 @@ def test_help(capsys) -> None:
     assert "--duration" in out and "until interrupted" in out and "--debug" in out
 
 
+@pytest.mark.slow
 def test_module_entry_point() -> None:
     """``python -m legodnn.online.cli`` turns main's return into the process's exit code."""
     env = dict(os.environ, OMP_NUM_THREADS="1")

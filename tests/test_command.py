@@ -207,6 +207,7 @@ def test_export_onnx(store) -> None:
         onnx.checker.check_model(onnx.load(str(store["root"] / name)))
 
 
+@pytest.mark.slow
 def test_python_m_legodnn_and_the_serve_path_import_no_offline_code(store) -> None:
     """``python -m legodnn serve`` runs with tqdm, torchvision and matplotlib unimportable (a device)."""
     code = textwrap.dedent(f"""

@@ -288,6 +288,7 @@ def test_digits_are_real_images_split_by_class() -> None:
     assert not torch.equal(datasets.Digits(train=False, seed=1).data, b.data)
 
 
+@pytest.mark.slow
 def test_importing_datasets_is_light() -> None:
     code = ("import sys, cv_tasks.image_classification.datasets; "
             "sys.exit(int('torchvision' in sys.modules) + 2 * int('sklearn' in sys.modules))")

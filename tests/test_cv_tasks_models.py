@@ -80,6 +80,7 @@ def test_fx_trace_matches_eager(name: str) -> None:
         torch.testing.assert_close(traced(x), model(x), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_import_does_not_pull_in_torchvision() -> None:
     import subprocess
     import sys

@@ -95,6 +95,12 @@ def test_image_classification_demo_data_choice(tmp_path: Path) -> None:
 def test_default_threads_leave_busy_cores_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     demo = _load("image_classification_demo")
     monkeypatch.setattr(demo.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(demo, "busy_cores_now", lambda: 0.1)
+    assert demo.default_threads() == (2, "2 cores, 0.1 busy now")
+    monkeypatch.setattr(demo, "busy_cores_now", lambda: 1.3)
+    assert demo.default_threads()[0] == 1
+    # without the kernel's counters: the load average
+    monkeypatch.setattr(demo, "busy_cores_now", lambda: None)
     monkeypatch.setattr(demo.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
     assert demo.default_threads()[0] == 2
     monkeypatch.setattr(demo.os, "getloadavg", lambda: (1.2, 1.0, 1.0))
@@ -102,6 +108,27 @@ def test_default_threads_leave_busy_cores_alone(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(demo.os, "getloadavg", lambda: (7.5, 7.0, 6.0))
     threads, why = demo.default_threads()
     assert threads == 1 and "load average 7.5" in why
+
+
+class _Counters:
+    """A /proc/stat whose counters move on between reads."""
+
+    def __init__(self, *lines: str) -> None:
+        self.lines = list(lines)
+
+    def read_text(self) -> str:
+        return self.lines.pop(0) + "\ncpu0 1 2 3 4\n"
+
+
+def test_busy_cores_come_from_the_kernels_counters(monkeypatch: pytest.MonkeyPatch) -> None:
+    demo = _load("image_classification_demo")
+    monkeypatch.setattr(demo.os, "cpu_count", lambda: 2)
+    # 100 ticks pass: 30 user, 5 system, 60 idle, 5 iowait -> 35% of two cores busy
+    stat = _Counters("cpu  100 0 50 1000 10 0 0 0 0 0", "cpu  130 0 55 1060 15 0 0 0 0 0")
+    assert demo.busy_cores_now(0.0, stat) == pytest.approx(0.7)
+    assert demo.busy_cores_now(0.0, _Counters("cpu  1 1 1 1 1", "cpu  1 1 1 1 1")) is None  # no time passed
+    assert demo.busy_cores_now(0.0, _Counters("intr 5", "intr 6")) is None
+    assert demo.busy_cores_now(0.0, Path("/nonexistent/stat")) is None
 
 
 @pytest.mark.slow

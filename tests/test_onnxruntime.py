@@ -254,6 +254,7 @@ def test_float_only_export_and_rewrite_of_own_folder(exported, tmp_path: Path) -
     assert sw.precisions == ("float",)
 
 
+@pytest.mark.slow
 def test_onnxruntime_stays_optional() -> None:
     code = ("import sys, legodnn, legodnn.onnxrt, legodnn.online.runtime; "
             "assert 'onnxruntime' not in sys.modules and 'onnx' not in sys.modules, 'imported at import time'")

@@ -351,6 +351,7 @@ def test_brute_force_refuses_huge_problems_and_cheapest_unknown_objectives() -> 
         cheapest(crossed(), "flops")
 
 
+@pytest.mark.slow
 def test_online_phase_imports_without_optional_packages() -> None:
     # the device runs the optimizer and the loop with the core only: torch and numpy
     code = (

@@ -277,6 +277,7 @@ def _check_readable(folder: Path) -> None:
             json.loads((folder / name).read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["extract", "retrain", "profile", "latency"])
 def test_sigkill_leaves_old_or_new_store(profiled, tmp_path: Path, stage: str) -> None:
     root = tmp_path / "work"
@@ -347,6 +348,7 @@ _DEVICE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_device_path_needs_only_torch_numpy_safetensors(profiled, tmp_path: Path) -> None:
     script = tmp_path / "device.py"
     script.write_text(_DEVICE.format(tests=str(TESTS), store=str(profiled[0] / "trained"), size=SIZE))
