@@ -10,6 +10,7 @@ Every rank runs ``tests/dist_job.py`` with one torch thread.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -55,11 +56,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(config: Dict[str, Any], world: int = 2) -> List[subprocess.Popen]:
-    """Start ``world`` ranks as torchrun would (its environment variables), without an
-    agent that would stop the others when one fails: the test wants to see them do it."""
+def launch(config: Dict[str, Any], world: int = 2, job: Path = JOB) -> List[subprocess.Popen]:
+    """Start ``world`` ranks of ``job`` as torchrun would (its environment variables), without
+    an agent that would stop the others when one fails: the test wants to see them do it."""
     port = str(free_port())
-    return [subprocess.Popen([sys.executable, str(JOB), json.dumps(config)], stdout=subprocess.PIPE,
+    return [subprocess.Popen([sys.executable, str(job), json.dumps(config)], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True,
                              env={**ENV, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(world),
                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
@@ -299,3 +300,321 @@ def test_a_mid_epoch_checkpoint_resumes_only_with_its_number_of_processes(tmp_pa
     state = {"epochs_done": 1, "position": {"step": 2}, "world_size": 2, "files": {}}
     with pytest.raises(LegoDNNError, match="by 2 process.*torchrun --nproc_per_node 2"):
         CheckpointFolder(tmp_path).load(state)
+
+
+# -- descendant-parallel block retraining and SyncBatchNorm ------------------------------------------
+
+PARALLEL_JOB = Path(__file__).parent / "dist_parallel_job.py"
+# the largest weight difference allowed between two data-parallel processes with sync_batchnorm and one
+# process, BatchNorm in the descendants (rounding only: the statistics are summed in another order)
+SYNC_BN_TOLERANCE = 1e-4
+
+
+def run_job(config: Dict[str, Any], world: int = 2, timeout: float = 300) -> List[str]:
+    """``world`` ranks of dist_parallel_job.py to the end; their stderr (each must exit 0)."""
+    procs = launch({"timeout_s": 120.0, **config}, world, PARALLEL_JOB)
+    try:
+        errors = finish(procs, timeout)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0] * world, "\n".join(e[-3000:] for e in errors)
+    return errors
+
+
+def in_process(config: Dict[str, Any]) -> Dict[str, Any]:
+    """The one-process reference, through the same lines as every rank."""
+    import dist_parallel_job
+
+    threads = torch.get_num_threads()
+    try:  # no process group in this process: legodnn's own timeout is for the ranks' groups
+        return dist_parallel_job.run({k: v for k, v in config.items() if k != "timeout_s"})
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Compressed stores of the functional model (a module called twice, no BatchNorm) and of
+    the sequential one (BatchNorm in every block)."""
+    root = tmp_path_factory.mktemp("parallel")
+    mm = CommonModelManager()
+    for name in ("functional", "sequential"):
+        AutoBlockManager(dist_job.SPARSITIES, build(name), mm, dist_job.SIZE, verbose=False).extract_all_blocks(
+            str(root / f"compressed-{name}"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def descendant_runs(stores: Path) -> Path:
+    """One process, and two descendant-parallel ones, over a shuffling loader; rank 1 seeds its
+    global generator differently from rank 0 (and from the one process), so it reads the batches
+    one process reads only if rank 0's generators reach it."""
+    root = stores
+    config = {"compressed": str(root / "compressed-functional"), "shuffle": True, "rank_seed_step": 1,
+              "parallel": "descendants"}
+    in_process({**config, "target": str(root / "desc-one"), "out": str(root / "desc-one-out")})
+    run_job({**config, "target": str(root / "desc-two"), "out": str(root / "desc-two-out")})
+    return root
+
+
+@pytest.mark.slow
+def test_descendant_parallel_trains_as_one_process(descendant_runs: Path) -> None:
+    root = descendant_runs
+    one = json.loads((root / "desc-one-out" / "rank0.json").read_text())
+    rank0, rank1 = ranks_results(root / "desc-two-out")
+    # the descendants are shared out: each rank trains some, together all, none twice
+    owned = [{tuple(k) for k in r["owned"]} for r in (rank0, rank1)]
+    assert owned[0] and owned[1] and not owned[0] & owned[1]
+    assert owned[0] | owned[1] == {tuple(k) for k in one["owned"]} and len(one["owned"]) == 6
+    # every rank ends with the same weights and history
+    assert rank0["weights"] == rank1["weights"] and rank0["history"] == rank1["history"]
+    # the block stage is one process's bit for bit (each descendant trained by one rank on the same
+    # batches, no collective in its arithmetic): the losses are equal, not close
+    assert rank0["history"] == one["history"]
+    # the composition stage after it is data-parallel over each batch split in two: rounding only
+    assert max_difference(root / "desc-one", root / "desc-two") < WEIGHT_TOLERANCE
+    for got, want in zip(rank0["composition"], one["composition"]):
+        assert got == pytest.approx(want, rel=1e-4)
+    ta, tb = (json.loads((root / p / "manifest.json").read_text())["trained"] for p in ("desc-one", "desc-two"))
+    assert ta["epochs"] == tb["epochs"] and ta["best_val_loss"] == tb["best_val_loss"]
+
+
+@pytest.mark.slow
+def test_descendant_parallel_resumes_after_a_kill_with_two_ranks_or_one(descendant_runs: Path,
+                                                                         tmp_path: Path) -> None:
+    """Rank 1 is killed while it reads the 3rd batch of epoch 2 (checkpoints after every step):
+    rank 0 stops with an error and the last checkpoint is rank 0's gathered one, mid-epoch. Both
+    ranks restarted end with the uninterrupted two-rank run's weights, bit for bit; one process
+    restarted from the same checkpoint (its position counts whole batches) ends with one
+    process's weights, bit for bit."""
+    root = descendant_runs
+    config: Dict[str, Any] = {"compressed": str(root / "compressed-functional"), "shuffle": True,
+                              "rank_seed_step": 1, "parallel": "descendants", "target": str(tmp_path / "t"),
+                              "out": str(tmp_path / "out"), "checkpoint_steps": 1, "timeout_s": 120.0,
+                              "die": [1, 1 + 4 + 3]}  # the first-batch check, epoch 1, the 3rd of epoch 2
+    procs = launch(config, 2, PARALLEL_JOB)
+    try:
+        procs[0].wait(timeout=300)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        errors = finish(procs)
+    assert procs[1].returncode == -signal.SIGKILL, errors[1][-3000:]
+    assert procs[0].returncode == 1, errors[0][-3000:]
+    assert "LegoDNNError: rank 0 of 2" in errors[0] and "another rank stopped" in errors[0], errors[0][-3000:]
+    state = json.loads((tmp_path / "t" / "training" / "state.json").read_text())
+    assert (state["epochs_done"], state["position"]["step"], state["world_size"]) == (1, 2, 2)
+    assert state["replicated_data"] is True
+    assert not (tmp_path / "t" / "manifest.json").exists()
+    shutil.copytree(tmp_path / "t", tmp_path / "t1")
+
+    del config["die"]
+    for err in run_job(config):
+        assert "resuming block training after epoch 1 and 2 steps" in err, err[-3000:]
+    rank0, rank1 = ranks_results(tmp_path / "out")
+    assert rank0["weights"] == rank1["weights"]
+    assert max_difference(root / "desc-two", tmp_path / "t") == 0.0
+
+    alone = in_process({**config, "target": str(tmp_path / "t1"), "out": str(tmp_path / "out1")})
+    assert alone["world"] == 1
+    assert max_difference(root / "desc-one", tmp_path / "t1") == 0.0
+
+
+@pytest.fixture(scope="module")
+def batchnorm_runs(stores: Path) -> Path:
+    """The sequential model (BatchNorm in every descendant, following the batches in both stages):
+    one process at batches of 16, and two data-parallel ones at 8 each, without and with
+    sync_batchnorm, over the same samples per step."""
+    root = stores
+    config = {"compressed": str(root / "compressed-sequential"), "model": "sequential"}
+    in_process({**config, "target": str(root / "bn-one"), "out": str(root / "bn-one-out")})
+    for name, sync in (("bn-two", False), ("bn-two-sync", True)):
+        run_job({**config, "sync_batchnorm": sync, "target": str(root / name), "out": str(root / f"{name}-out")})
+    return root
+
+
+def cancelled_by_batchnorm(names: List[str]) -> set:
+    """The biases of layers that a BatchNorm follows (``N.bias`` beside ``N+1.running_mean`` in
+    one descendant's file), and those BatchNorms' running means.
+
+    BatchNorm subtracts the batch mean, so such a bias has no effect and its gradient is zero in
+    exact arithmetic: what is left is rounding noise, which Adam's normalised steps turn into
+    steps of about its learning rate (1e-3) whatever the noise's size. The running mean after it
+    tracks the drifting bias. These tensors differ between any two runs that round differently
+    (measured: 8.7e-4 with sync_batchnorm, 3.8e-4 without), so they say nothing about the
+    statistics."""
+    out = set()
+    for name in names:
+        file, _, tensor = name.rpartition("/")
+        layer, _, kind = tensor.rpartition(".")
+        if kind == "bias" and layer.isdigit() and f"{file}/{int(layer) + 1}.running_mean" in names:
+            out |= {name, f"{file}/{int(layer) + 1}.running_mean"}
+    return out
+
+
+@pytest.mark.slow
+def test_sync_batchnorm_makes_two_processes_match_one(batchnorm_runs: Path) -> None:
+    root = batchnorm_runs
+    one = json.loads((root / "bn-one-out" / "rank0.json").read_text())
+    reference = weights(root / "bn-one")
+    skip = cancelled_by_batchnorm(list(reference))
+    assert skip  # the sequential model has such layers: the rest must still be compared
+
+    def difference(name: str) -> float:
+        got = weights(root / name)
+        assert got.keys() == reference.keys()
+        return max(float((got[k] - reference[k]).abs().max()) for k in reference
+                   if k not in skip and reference[k].is_floating_point())
+
+    plain, synced = difference("bn-two"), difference("bn-two-sync")
+    # per-shard statistics move the weights and the running statistics measurably (measured 5.8e-3);
+    # global ones leave rounding (measured 2.3e-6)
+    assert plain > 1e-3, plain
+    assert synced < SYNC_BN_TOLERANCE and synced < plain / 100, (synced, plain)
+    rank0, rank1 = ranks_results(root / "bn-two-sync-out")
+    assert rank0["weights"] == rank1["weights"]
+    plain0 = ranks_results(root / "bn-two-out")[0]
+
+    def loss_gap(run: Dict[str, Any]) -> float:
+        return max(abs(run["history"][n][k][e] / h[k][e] - 1) for n, h in one["history"].items()
+                   for k in ("train", "val") for e in range(len(h[k])))
+
+    # the losses too: the cancelled biases move them a little (measured 4.1e-4 with sync, 1.9e-3 without)
+    assert loss_gap(rank0) < 1e-3 and loss_gap(rank0) < loss_gap(plain0), (loss_gap(rank0), loss_gap(plain0))
+    for got, want in zip(rank0["composition"], one["composition"]):
+        assert got == pytest.approx(want, rel=1e-4)
+
+
+# -- the pieces, in one process -------------------------------------------------------------------------
+
+
+def test_descendants_are_shared_out_by_cost() -> None:
+    from legodnn.offline.distributed import balanced_split
+
+    assert balanced_split([5, 1, 4, 2, 3], 2) == [[0, 1, 3], [2, 4]]  # 5+2+1 | 4+3
+    assert balanced_split([1, 1, 1], 1) == [[0, 1, 2]]
+    assert balanced_split([3, 1], 3) == [[0], [1], []]  # more ranks than descendants: one idle
+    costs = [float(c) for c in torch.randint(1, 1000, (40,), generator=torch.Generator().manual_seed(0))]
+    loads = [sum(costs[i] for i in share) for share in balanced_split(costs, 4)]
+    assert max(loads) - min(loads) <= max(costs)  # greedy largest-first: within one descendant
+
+
+def test_batches_are_split_among_the_ranks() -> None:
+    from collections import namedtuple
+
+    from legodnn.offline.distributed import SplitBatches, split_batch
+
+    images, labels = torch.arange(10.0).view(5, 2), torch.arange(5)
+    assert [split_batch((images, labels), *span)[1].tolist() for span in ((0, 2), (2, 5))] == [[0, 1], [2, 3, 4]]
+    targets = [{"boxes": torch.zeros(i, 4)} for i in range(5)]  # detection style: one dict per image
+    got = split_batch([images, targets, 7], 1, 3)
+    assert got[0].shape == (2, 2) and [len(t["boxes"]) for t in got[1]] == [1, 2] and got[2] == 7
+    pair = namedtuple("pair", "x y")
+    assert split_batch(pair(images, labels), 3, 5).y.tolist() == [3, 4]
+    got = split_batch({"x": images, "scale": torch.tensor(2.0)}, 0, 1)
+    assert got["x"].shape == (1, 2) and got["scale"].item() == 2.0
+    batches = [(torch.zeros(n, 1), torch.arange(n)) for n in (4, 3, 1)]
+    train = [[b[1].tolist() for b in SplitBatches(batches, r, 2, train=True)] for r in range(2)]
+    assert train == [[[0, 1], [0]], [[2, 3], [1, 2]]]  # a batch of 1 for 2 ranks: skipped by both
+    held_out = [[b[1].tolist() for b in SplitBatches(batches, r, 2, train=False)] for r in range(2)]
+    assert held_out == [[[0, 1], [0]], [[2, 3], [1, 2], [0]]]  # every sample once
+    assert len(SplitBatches(batches, 0, 2, train=True)) == 3
+
+
+def test_parallel_options_are_checked(tmp_path: Path) -> None:
+    """Refused before any store is opened (the one named here does not exist)."""
+    from torch.utils.data import DataLoader
+
+    from legodnn.offline import BlockRetrainer
+
+    model, mm = build("functional"), CommonModelManager()
+    bm = AutoBlockManager(dist_job.SPARSITIES, model, mm, dist_job.SIZE, verbose=False)
+    loader = DataLoader(dist_job.dataset(16, 0), batch_size=8)
+    args = (model, bm, mm, str(tmp_path / "no-store"), str(tmp_path / "t"), 1, loader, loader)
+    with pytest.raises(LegoDNNError, match=r"parallel must be one of 'data', 'descendants', got 'model'"):
+        BlockRetrainer(*args, parallel="model")
+    with pytest.raises(LegoDNNError, match=r"sync_batchnorm must be True or False, got .*'yes'"):
+        BlockRetrainer(*args, sync_batchnorm="yes")
+    with pytest.raises(LegoDNNError, match=r"parallel='descendants' needs data_parallel=True"):
+        BlockRetrainer(*args, parallel="descendants", data_parallel=False)
+    from legodnn.offline.composition_retrainer import CompositionStage
+
+    with pytest.raises(LegoDNNError, match=r"sync_batchnorm must be True or False"):
+        CompositionStage(bm, mm, 1, loader, loader, tmp_path / "c", sync_batchnorm=1)
+
+
+def test_a_whole_batch_checkpoint_resumes_with_other_numbers_of_ranks(tmp_path: Path) -> None:
+    from legodnn.offline.checkpoints import CheckpointFolder
+
+    replicated = {"epochs_done": 1, "position": {"step": 2}, "world_size": 2, "replicated_data": True,
+                  "files": {"last": "x", "best": "x", "optim": "x"}}
+    data_parallel = {**replicated, "replicated_data": False}
+    single = {**replicated, "world_size": 1, "replicated_data": False}
+    # the position counts whole batches: one process, or three ranks that each read every batch, go on
+    for state, ranks, replicated_reads in ((replicated, Ranks(), False), (replicated, Ranks(0, 3), True),
+                                           (single, Ranks(0, 2), True)):
+        with pytest.raises((FileNotFoundError, LegoDNNError)) as info:  # past the check, to the (missing) files
+            CheckpointFolder(tmp_path, ranks, replicated_data=replicated_reads).load(state)
+        assert "middle of an epoch" not in str(info.value)
+    # a shard's position means nothing to another count, nor whole batches to data-parallel ranks
+    for state, ranks, replicated_reads in ((data_parallel, Ranks(), False), (replicated, Ranks(0, 3), False)):
+        with pytest.raises(LegoDNNError, match="by 2 process"):
+            CheckpointFolder(tmp_path, ranks, replicated_data=replicated_reads).load(state)
+
+
+def test_global_batchnorm_is_batchnorm_over_the_summed_statistics() -> None:
+    """GlobalBatchNorm's arithmetic on a one-rank gloo group (its all-reduces are then the
+    identity): the output, the gradients and the running statistics are BatchNorm's."""
+    import torch.distributed as dist
+
+    from legodnn.offline.sync_batchnorm import GlobalBatchNorm, convert_batchnorm
+
+    assert not dist.is_initialized()
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        g = torch.Generator().manual_seed(0)
+        for source, shape in ((torch.nn.BatchNorm2d(3), (4, 3, 5, 5)), (torch.nn.BatchNorm1d(3), (6, 3)),
+                              (torch.nn.BatchNorm2d(3, momentum=None), (4, 3, 2, 2))):
+            with torch.no_grad():
+                source.weight.uniform_(0.5, 1.5, generator=g)
+                source.bias.normal_(generator=g)
+            reference = torch.nn.Sequential(copy.deepcopy(source)).train()
+            net = torch.nn.Sequential(source).train()
+            assert convert_batchnorm([net], Ranks(0, 2)) == 1  # "2 ranks": the collectives run
+            assert isinstance(net[0], GlobalBatchNorm) and net[0].weight is source.weight
+            assert net.state_dict().keys() == reference.state_dict().keys()
+            x = torch.randn(*shape, generator=g) * 3 + 1
+            for _ in range(2):
+                xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+                got, want = net(xa), reference(xb)
+                w = torch.randn(got.shape, generator=g)
+                (got * w).sum().backward()
+                (want * w).sum().backward()
+                assert torch.allclose(got, want, atol=1e-5)
+                assert torch.allclose(xa.grad, xb.grad, atol=1e-4)
+            assert torch.allclose(net[0].weight.grad, reference[0].weight.grad, atol=1e-4)
+            for name, value in reference.state_dict().items():
+                assert torch.allclose(net.state_dict()[name].float(), value.float(), atol=1e-5), name
+            net.eval(), reference.eval()
+            reference[0].load_state_dict(net[0].state_dict())
+            assert torch.equal(net(x), reference(x))  # evaluation: BatchNorm itself
+    finally:
+        dist.destroy_process_group()
+    assert convert_batchnorm([torch.nn.Sequential(torch.nn.BatchNorm2d(2))], Ranks()) == 0  # one process: nothing
+
+
+def test_parallel_flags_of_the_retrain_command() -> None:
+    from legodnn.cli.args import UsageError
+    from legodnn.cli.main import build_parser
+    from legodnn.cli.offline import parallel_options
+
+    base = ["retrain", "--model", "zoo:FunctionalNet", "--blocks", "b", "--out", "o", "--data", "digits"]
+    args = build_parser().parse_args(base)
+    assert parallel_options(args) == {"parallel": "data", "sync_batchnorm": False}
+    args = build_parser().parse_args([*base, "--parallel", "descendants", "--sync-batchnorm"])
+    assert parallel_options(args) == {"parallel": "descendants", "sync_batchnorm": True}
+    with pytest.raises(UsageError, match="invalid choice: 'model'"):
+        build_parser().parse_args([*base, "--parallel", "model"])

@@ -138,8 +138,26 @@ def retrain_arguments(parser: argparse.ArgumentParser) -> None:
                                            "thirds of --epochs for a classifier; 0: none)")
     parser.add_argument("--seed", type=int_arg("--seed", 0, "--seed 0"), default=0, help="random seed (default: 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace a store of another model at --out")
+    add_parallel(parser)
     add_fast_path(parser)
     add_common(parser)
+
+
+def add_parallel(parser: argparse.ArgumentParser) -> None:
+    """``--parallel`` and ``--sync-batchnorm``: how processes under ``torchrun`` share the work
+    (docs/distributed.md); with one process neither changes anything."""
+    parser.add_argument("--parallel", choices=("data", "descendants"), default="data",
+                        help="under torchrun: 'data' (default) gives each process a shard of the data and every "
+                             "descendant (--batch-size is per process); 'descendants' gives each process every "
+                             "batch (--batch-size is the step's) and its share of the descendants, by FLOPs")
+    parser.add_argument("--sync-batchnorm", action="store_true",
+                        help="under torchrun, data-parallel: the descendants' BatchNorm normalises with every "
+                             "process's samples together, as one process over the whole batch does")
+
+
+def parallel_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """The retrainer's keyword arguments for ``--parallel`` and ``--sync-batchnorm``."""
+    return {"parallel": args.parallel, "sync_batchnorm": args.sync_batchnorm}
 
 
 def retrain(args: argparse.Namespace) -> int:
@@ -157,12 +175,15 @@ def retrain(args: argparse.Namespace) -> int:
     retrainer = BlockRetrainer(model, block_manager, model_manager, args.blocks, args.out, args.epochs,
                                pin_memory(train, args.device), device=args.device, verbose=not args.quiet,
                                composition_epochs=args.composition_epochs, seed=args.seed, overwrite=args.overwrite,
-                               **fast_path(args))
+                               **fast_path(args), **parallel_options(args))
     retrainer.train_all_blocks()
     synchronize(args.device)
     if retrainer.ranks.is_main:  # under torchrun: one report, rank 0's
         count = len(block_manager.block_names) * (len(block_manager.block_sparsity) - 1)
-        ranks = f" on {retrainer.ranks.world_size} processes" if retrainer.ranks.distributed else ""
+        ranks = ""
+        if retrainer.ranks.distributed:
+            how = ", descendant-parallel" if args.parallel == "descendants" else ""
+            ranks = f" on {retrainer.ranks.world_size} processes{how}"
         print(f"retrained {count} descendants for {args.epochs} epoch(s){ranks} in "
               f"{time.perf_counter() - start:.1f} s: {args.out}")
     return 0

@@ -25,15 +25,17 @@ from tqdm.auto import tqdm
 from ..blockmanager.auto_block_manager import AutoBlockManager
 from ..blockmanager.atomic import write_text_atomic
 from ..blockmanager.store import claim_path, mark_work_dir, sparsity_tag
-from ..errors import LegoDNNError
-from ..validation import check_device, check_first_batch, check_int, warn_if_ignored_teacher
+from ..errors import InvalidArgumentError, LegoDNNError
+from ..validation import check_bool, check_device, check_first_batch, check_int, warn_if_ignored_teacher
 from .capture import capture_block_io
-from .checkpoints import CheckpointClock, CheckpointFolder, check_checkpoint_options, resume_epoch, set_rng_state
-from .distributed import current_ranks, shard_loader, start_epoch
+from .checkpoints import (CheckpointClock, CheckpointFolder, check_checkpoint_options, resume_epoch, set_rng_state,
+                          share_rng_state)
+from .distributed import Ranks, SplitBatches, balanced_split, check_parallel, current_ranks, shard_loader, start_epoch
 from .guards import finite_loss
 from .composition_retrainer import CompositionHistory, CompositionStage, _class_labels, _flatten, _key_name, _unflatten
 from .holdout import split_holdout
 from .precision import LossScaler, pin_memory, record_precision, resolve_precision, restore_precision
+from .sync_batchnorm import convert_batchnorm
 from .trained_store import write_trained_store
 
 __all__ = ["BlockRetrainer", "default_optimizer"]
@@ -43,6 +45,18 @@ logger = logging.getLogger(__name__)
 Key = Tuple[str, float]
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _cpu(value: Any) -> Any:
+    """``value`` (a state dict, an optimizer state) with its tensors on the CPU, for sending
+    to another rank: pickled CUDA tensors would come back on the sender's device."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cpu(v) for v in value)
+    return value
 
 
 def default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
@@ -88,6 +102,26 @@ class BlockRetrainer:
     losses are reduced, and rank 0 alone writes the checkpoints and the store while the
     others wait. Every rank ends with the same weights and returns the same history.
 
+    ``parallel="descendants"`` splits the block stage by descendants instead (for many
+    descendants and few, large batches, where halving the batch per rank costs more than
+    it saves; no gradient all-reduce): every rank reads every batch of the loaders (their
+    batch size is the step's, as for one process) and runs the teacher on it, and trains
+    its share of the descendants, shared out by FLOPs (:func:`~legodnn.offline.distributed.balanced_split`).
+    Rank 0's random generators are given to every rank at the start of each epoch, so
+    all read the batches one process would. At every checkpoint rank 0 gathers every
+    rank's descendants (weights, optimizer states) into the one checkpoint and, at the
+    end, into the one store; its mid-epoch position counts whole batches, so it resumes
+    with any number of descendant-parallel ranks or in one process. The composition stage
+    after it stays data-parallel, over every batch split among the ranks (the samples per
+    step of one process). The result is one process's on the same data, within rounding.
+
+    ``sync_batchnorm=True`` (default ``False``): with several data-parallel ranks, the
+    descendants' BatchNorm in training mode (block distillation; the composition stage
+    with ``batchnorm="train"``) normalises with the statistics of every rank's samples
+    together, as one process over the whole batch does, instead of its own shard's
+    (:mod:`~legodnn.offline.sync_batchnorm`; it costs two small all-reduces per layer and
+    pass). Nothing changes with one process.
+
     The fast path (:mod:`~legodnn.offline.precision`), for both stages: ``amp``
     (``None``: fp32, the default; ``"bf16"``; ``"fp16"``, CUDA only, with loss scaling)
     runs the teacher's and the descendants' forwards under autocast, with losses,
@@ -123,6 +157,10 @@ class BlockRetrainer:
         checkpoint_seconds: save mid-epoch after this many seconds (``None``: never by time).
         checkpoint_steps: save mid-epoch after this many steps (``None``: never by steps).
         data_parallel: shard the loaders over the ranks of a process group.
+        parallel: ``"data"`` (the default) or ``"descendants"``: how several ranks share
+            the block stage.
+        sync_batchnorm: BatchNorm statistics over every rank's shard in data-parallel
+            training.
         amp: ``None``, ``"bf16"`` or ``"fp16"``: autocast for the forwards.
         channels_last: NHWC layout while training.
     """
@@ -156,7 +194,15 @@ class BlockRetrainer:
         data_parallel: bool = True,
         amp: Optional[str] = None,
         channels_last: bool = False,
+        parallel: str = "data",
+        sync_batchnorm: bool = False,
     ) -> None:
+        self.parallel = check_parallel(parallel)
+        self.sync_batchnorm = check_bool("sync_batchnorm", sync_batchnorm,
+                                         "pass sync_batchnorm=True to normalise with every rank's samples together")
+        if self.parallel == "descendants" and not data_parallel:
+            raise InvalidArgumentError("parallel='descendants' needs data_parallel=True: with data_parallel=False "
+                                       "every rank trains alone and there is nothing to share out")
         max_epoch = check_int("max_epoch", max_epoch, minimum=1, hint="pass a whole number of epochs, e.g. max_epoch=3")
         composition_epochs = check_int(
             "composition_epochs", composition_epochs, minimum=0, allow_none=True,
@@ -172,11 +218,20 @@ class BlockRetrainer:
         self.trained_dir = claim_path(trained_blocks_dir, self.store.fingerprint, overwrite, "trained_blocks_dir")
         self.max_epoch = int(max_epoch)
         self.ranks = current_ranks(data_parallel, device)
+        # descendant-parallel only with several ranks: alone, "descendants" is the default path
+        self._by_descendants = self.parallel == "descendants" and self.ranks.distributed
         pin = torch.device(device).type == "cuda"
         if val_loader is None:  # the same split on every rank, then sharded
             train_loader, val_loader = (pin_memory(loader, device) for loader in split_holdout(train_loader))
-        self.train_loader = shard_loader(train_loader, self.ranks, train=True, seed=seed, pin_memory=pin)
-        self.val_loader = shard_loader(val_loader, self.ranks, train=False, pin_memory=pin)
+        if self._by_descendants:  # every rank reads every batch; the composition stage splits each batch
+            self.train_loader, self.val_loader = train_loader, val_loader
+            stage_loaders = (SplitBatches(train_loader, self.ranks.rank, self.ranks.world_size, train=True),
+                             SplitBatches(val_loader, self.ranks.rank, self.ranks.world_size, train=False))
+        else:
+            self.train_loader = shard_loader(train_loader, self.ranks, train=True, seed=seed, pin_memory=pin)
+            self.val_loader = shard_loader(val_loader, self.ranks, train=False, pin_memory=pin)
+            stage_loaders = (self.train_loader, self.val_loader)
+        self._stage_loaders: Tuple[Iterable[Any], Iterable[Any]] = stage_loaders
         self.device = device
         self.optimizer_factory = optimizer or default_optimizer
         self.loss_fn = loss_fn or F.mse_loss
@@ -187,9 +242,11 @@ class BlockRetrainer:
                                          batchnorm=batchnorm, label_weight=label_weight, seed=seed, verbose=verbose,
                                          checkpoint_seconds=self.checkpoint_seconds,
                                          checkpoint_steps=self.checkpoint_steps, data_parallel=data_parallel,
-                                         amp=self.precision.amp, channels_last=self.precision.channels_last)
-        self._checkpoints = CheckpointFolder(self._state_dir, self.ranks)
-        CompositionStage(block_manager, model_manager, 1, self.train_loader, self.val_loader,
+                                         amp=self.precision.amp, channels_last=self.precision.channels_last,
+                                         sync_batchnorm=self.sync_batchnorm)
+        self._checkpoints = CheckpointFolder(self._state_dir, self.ranks, replicated_data=self._by_descendants)
+        self._owned: List[Key] = []  # the descendants this rank trains: all but under parallel="descendants"
+        CompositionStage(block_manager, model_manager, 1, *self._stage_loaders,
                          self._state_dir / "composition",
                          device, **self._composition_options)  # checks the options now, not after the block epochs
         self.composition: Optional[CompositionStage] = None
@@ -215,7 +272,7 @@ class BlockRetrainer:
             epochs = self.ranks.broadcast(epochs, "deciding on the composition stage")
         if not epochs:
             return None
-        return CompositionStage(self.block_manager, self.model_manager, epochs, self.train_loader, self.val_loader,
+        return CompositionStage(self.block_manager, self.model_manager, epochs, *self._stage_loaders,
                                 self._state_dir / "composition", self.device, restart_stale=True,
                                 **self._composition_options)
 
@@ -229,6 +286,23 @@ class BlockRetrainer:
 
     def _keys(self) -> List[Key]:
         return [(b, s) for b in self.block_manager.block_names for s in self.block_manager.block_sparsity if s > 0]
+
+    def _share(self, keys: List[Key]) -> List[Key]:
+        """The descendants this rank trains: every one, or under ``parallel="descendants"``
+        its share, balanced by the FLOPs the store records (a descendant's forward and
+        backward cost about in proportion; its parameter count where FLOPs are 0), the
+        same split on every rank."""
+        if not self._by_descendants:
+            return list(keys)
+        costs = []
+        for b, s in keys:
+            spec = self.store.descendant(b, s)
+            costs.append(float(spec.flops or spec.params or 1))
+        shares = balanced_split(costs, self.ranks.world_size)
+        loads = [sum(costs[i] for i in share) for share in shares]
+        logger.info("descendant-parallel: rank %d trains %d of %d descendants (%.3g of %.3g FLOPs)", self.ranks.rank,
+                    len(shares[self.ranks.rank]), len(keys), loads[self.ranks.rank], sum(loads))
+        return [keys[i] for i in shares[self.ranks.rank]]
 
     def _load_state(self, students: Dict[Key, nn.Module], optims: Dict[Key, torch.optim.Optimizer]
                     ) -> Dict[Key, Dict[str, torch.Tensor]]:
@@ -292,10 +366,12 @@ class BlockRetrainer:
         mid-epoch checkpoint."""
         self._state["compressed_sha"] = self._compressed_sha()
         record_precision(self._state, self.precision, self._scaler)
-        best = None if self._best_saved else _flatten(self._best)
-        self._checkpoints.save(self._state, _flatten(students), best,
-                               {_key_name(key): o.state_dict() for key, o in optims.items()}, epoch_start_rng,
-                               self.train_loader)
+        if self._by_descendants:
+            last, best, optim = self._gather_descendants(students, optims)
+        else:
+            best = None if self._best_saved else _flatten(self._best)
+            last, optim = _flatten(students), {_key_name(key): o.state_dict() for key, o in optims.items()}
+        self._checkpoints.save(self._state, last, best, optim, epoch_start_rng, self.train_loader)
         self._best_saved = True
         if self._legacy and self.ranks.is_main:
             for key in students:
@@ -303,6 +379,36 @@ class BlockRetrainer:
                     self._file(key, kind).unlink(missing_ok=True)
             self._legacy = False
         self._clock.restart()
+
+    def _gather_descendants(self, students: Dict[Key, nn.Module], optims: Dict[Key, torch.optim.Optimizer]
+                            ) -> Tuple[Dict[str, torch.Tensor], Optional[Dict[str, torch.Tensor]], Dict[str, Any]]:
+        """Under ``parallel="descendants"``: every rank's descendants (live weights, optimizer
+        states and, when they changed, best weights) gathered on rank 0, in one process's
+        order, for one checkpoint; rank 0's best weights become complete. Other ranks get
+        empty parts (rank 0 alone writes)."""
+        part = {"last": {k: _cpu(students[k].state_dict()) for k in self._owned},
+                "optim": {_key_name(k): _cpu(optims[k].state_dict()) for k in self._owned},
+                "best": None if self._best_saved else {k: _cpu(self._best[k]) for k in self._owned}}
+        parts = self.ranks.gather(part, "gathering every rank's descendants for a checkpoint")
+        if parts is None:
+            return {}, None if self._best_saved else {}, {}
+        last: Dict[Key, Dict[str, torch.Tensor]] = {}
+        optim: Dict[str, Any] = {}
+        for p in parts:
+            last.update(p["last"])
+            optim.update(p["optim"])
+            if p["best"] is not None:
+                self._best.update(p["best"])
+        best = None if self._best_saved else _flatten({k: self._best[k] for k in students})
+        return (_flatten({k: last[k] for k in students}), best,
+                {_key_name(k): optim[_key_name(k)] for k in students})
+
+    def _share_best(self, best: Dict[Key, Dict[str, torch.Tensor]]) -> None:
+        """Under ``parallel="descendants"``: rank 0's best weights (complete since the last
+        checkpoint) on every rank, for the composition stage and so that every rank ends
+        with the same weights."""
+        mine = {k: _cpu(v) for k, v in best.items()} if self.ranks.is_main else None
+        best.update(self.ranks.broadcast(mine, "sending every descendant's best weights to every rank"))
 
     # -- training ---------------------------------------------------------------
     def _capture(self, batch: Any) -> Dict[str, List[Tuple[torch.Tensor, torch.Tensor]]]:
@@ -327,6 +433,10 @@ class BlockRetrainer:
         if self.ranks.is_main:
             mark_work_dir(self.trained_dir)
         students = {key: bm.load_descendant(self.store, *key).to(self.device) for key in self._keys()}
+        self._owned = self._share(list(students))
+        # BatchNorm over every rank's shard (data-parallel only: a descendant-parallel rank sees whole batches)
+        self._sync_bn = self.sync_batchnorm and not self._by_descendants and convert_batchnorm(
+            students.values(), self.ranks) > 0
         optims = {key: self.optimizer_factory(s.parameters()) for key, s in students.items()}
         self._clock = CheckpointClock(self.checkpoint_seconds, self.checkpoint_steps)
         self._scaler = LossScaler(self.precision)
@@ -344,13 +454,16 @@ class BlockRetrainer:
                     hist["val"].append(val_loss[key])
                     if val_loss[key] < state["best_val"].get(name, math.inf):
                         state["best_val"][name] = val_loss[key]
-                        best[key] = {k: v.detach().clone() for k, v in students[key].state_dict().items()}
+                        if key in self._owned:  # another rank's descendant: its rank keeps the weights
+                            best[key] = {k: v.detach().clone() for k, v in students[key].state_dict().items()}
                         self._best_saved = False
                 state["epochs_done"] = epoch + 1
                 self._save_state(students, optims)
                 if self.verbose:
                     mean_val = sum(val_loss.values()) / max(1, len(val_loss))
                     tqdm.write(f"epoch {epoch + 1}/{self.max_epoch}: mean held-out block MSE {mean_val:.4g}")
+        if self._by_descendants:
+            self._share_best(best)
         extra: Dict[str, Any] = {}
         self.composition = self._composition_stage()
         if self.composition is not None:
@@ -373,26 +486,36 @@ class BlockRetrainer:
         counts = {key: int(position["counts"][names[key]]) if position else 0 for key in students}
         if position and not self.ranks.is_main:  # the checkpoint's sums are over every rank: rank 0 carries them
             sums, counts = dict.fromkeys(students, 0.0), dict.fromkeys(students, 0)
-        for s in students.values():
+        owned = {key: students[key] for key in self._owned}
+        for s in owned.values():
             s.train()
         start_epoch(self.train_loader, epoch)
+        if self._by_descendants and not done:  # every rank reads the batches one process would: rank 0's
+            share_rng_state(self.ranks, self.train_loader)
         epoch_start_rng, batches = resume_epoch(self.train_loader, done, self._rng)
         total = len(self.train_loader) if hasattr(self.train_loader, "__len__") else None
         bar = tqdm(batches, desc=f"block training {epoch + 1}/{self.max_epoch}", initial=done, total=total,
                    disable=not self.verbose, leave=False)
         n_batches = done
-        modules = list(students.values())
+        modules = list(owned.values())
+        # data-parallel: gradients averaged over the ranks; descendant-parallel: each rank's own
+        gradients = Ranks() if self._by_descendants else self.ranks
         for batch in bar:
             n_batches += 1
-            captured = self._capture(batch)
+            captured = self._capture(batch) if owned else {}  # a rank with no descendants (more ranks than them)
             # a block called several times per forward (a shared head) gives several steps, one per call;
-            # every rank takes as many as the rank with the most, so the gradient all-reduces pair up
-            calls = self.ranks.max_int(max(len(c) for c in captured.values()), "agreeing on the steps of a batch")
+            # every data-parallel rank takes as many as the rank with the most, so the gradient all-reduces pair up
+            calls = max((len(c) for c in captured.values()), default=0)
+            if not self._by_descendants:
+                calls = self.ranks.max_int(calls, "agreeing on the steps of a batch")
+            present = self._present(captured, calls, owned) if self._sync_bn else None
             for call in range(calls):
-                for key, student in students.items():
+                for key, student in owned.items():
                     optims[key].zero_grad(set_to_none=True)
                     pairs = captured[key[0]]
                     if call >= len(pairs) or pairs[call][0].numel() == 0:  # a head that saw nothing (no boxes)
+                        if present is not None and present[call, key]:
+                            self._join_empty(student, pairs)
                         continue
                     x, y = pairs[call]
                     loss = self._block_loss(student, x, y)
@@ -402,7 +525,7 @@ class BlockRetrainer:
                     sums[key] += value
                     counts[key] += 1
                 # descendants are independent: stepping each after all backward passes is stepping each after its own
-                for key, has_gradient in zip(students, self.ranks.average_gradients(modules)):
+                for key, has_gradient in zip(owned, gradients.average_gradients(modules)):
                     if has_gradient:
                         self._scaler.step(optims[key])
                 self._scaler.update()
@@ -419,6 +542,27 @@ class BlockRetrainer:
         sums, counts = self._fold(sums, counts)
         return {key: sums[key] / max(1, counts[key]) for key in students}
 
+    def _present(self, captured: Dict[str, List[Tuple[torch.Tensor, torch.Tensor]]], calls: int,
+                 owned: Dict[Key, nn.Module]) -> Dict[Tuple[int, Key], bool]:
+        """With ``sync_batchnorm``: per (call, descendant), whether any rank has samples for
+        it. A rank without any must still run the descendant (:meth:`_join_empty`), since
+        the BatchNorm all-reduces of the ranks that do need a partner."""
+        cells = [(call, key) for call in range(calls) for key in owned]
+        mine = [float(call < len(captured[key[0]]) and captured[key[0]][call][0].numel() > 0) for call, key in cells]
+        total = self.ranks.sum_floats(mine, "agreeing on which blocks saw data")
+        return {cell: n > 0 for cell, n in zip(cells, total)}
+
+    def _join_empty(self, student: nn.Module, pairs: List[Tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Take part in the BatchNorm all-reduces of a step another rank trains and this one
+        has no samples for: a forward and backward on an empty batch (it adds nothing to
+        the statistics or the gradients), its gradients then dropped, so that this rank
+        counts as having none, as in a step without ``sync_batchnorm``."""
+        with self.precision.autocast():
+            out = student(pairs[0][0][:0])
+        (self.precision.fp32(out).sum() * 0.0).backward()
+        for p in student.parameters():
+            p.grad = None
+
     def _fold(self, sums: Dict[Key, float], counts: Dict[Key, int]) -> Tuple[Dict[Key, float], Dict[Key, int]]:
         """Loss sums and step counts over every rank (unchanged with one process)."""
         keys = list(sums)
@@ -429,11 +573,14 @@ class BlockRetrainer:
     def _validate(self, students: Dict[Key, nn.Module]) -> Dict[Key, float]:
         sums = {key: 0.0 for key in students}
         counts = {key: 0 for key in students}
-        for s in students.values():
+        owned = {key: students[key] for key in self._owned}  # every rank scores its own; the sums are folded
+        for s in owned.values():
             s.eval()
         for batch in self.val_loader:
+            if not owned:
+                continue
             captured = self._capture(batch)
-            for key, student in students.items():
+            for key, student in owned.items():
                 for x, y in captured[key[0]]:
                     if x.numel() == 0:
                         continue

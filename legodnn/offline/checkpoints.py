@@ -47,7 +47,8 @@ from ..errors import LegoDNNError
 from ..validation import check_float, check_int
 from .distributed import Ranks
 
-__all__ = ["Checkpoint", "CheckpointClock", "CheckpointFolder", "resume_epoch", "rng_state", "set_rng_state"]
+__all__ = ["Checkpoint", "CheckpointClock", "CheckpointFolder", "resume_epoch", "rng_state", "set_rng_state",
+           "share_rng_state"]
 
 STATE_FILE = "state.json"
 # checkpoint files: c<n>.* (and epoch<n>.*, the composition stage's names before mid-epoch checkpoints)
@@ -107,6 +108,22 @@ def set_rng_state(state: Mapping[str, Any], loader: Any = None) -> None:
 
         kind, keys, pos, has_gauss, cached = state["numpy"]
         np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def share_rng_state(ranks: Ranks, loader: Any = None) -> None:
+    """Give every rank rank 0's generators (CPU, Python, NumPy, ``loader``'s own; not CUDA's,
+    whose devices differ between ranks).
+
+    For a stage in which every rank reads the same batches (descendant-parallel block
+    training, and the composition stage after it): a shuffling loader draws its order,
+    and augmentations their random numbers, from these generators, so with rank 0's on
+    every rank each reads rank 0's batches, the ones one process would read. Nothing
+    happens with one process.
+    """
+    if not ranks.distributed:
+        return
+    mine = {k: v for k, v in rng_state(loader).items() if k != "cuda"} if ranks.is_main else None
+    set_rng_state(ranks.broadcast(mine, "sharing rank 0's random generators"), loader)
 
 
 # -- when to save -------------------------------------------------------------------------
@@ -176,6 +193,15 @@ def resume_epoch(loader: Iterable[Any], done: int = 0,
     return epoch_start, batches
 
 
+def _mark_replicated(state: Dict[str, Any], replicated: bool) -> None:
+    """Say in ``state`` whether every rank read every batch (absent when not: a data-parallel
+    or one-process checkpoint is written as it always was)."""
+    if replicated:
+        state["replicated_data"] = True
+    else:
+        state.pop("replicated_data", None)
+
+
 # -- the files -------------------------------------------------------------------------------
 
 
@@ -197,11 +223,16 @@ class CheckpointFolder:
     ``state["checkpoint"]`` numbers it and ``state["world_size"]`` says how many ranks
     took it; all are kept up to date by :meth:`save`. ``ranks``: the ranks that train
     together (every one of them calls every method; rank 0 alone writes).
+    ``replicated_data``: every rank reads every batch (descendant-parallel block
+    training), so a mid-epoch position counts whole batches, as one process's does; the
+    state then says so (``"replicated_data": true``) and such a checkpoint, or one of a
+    single process, resumes with any number of ranks that read every batch.
     """
 
-    def __init__(self, folder: Path, ranks: Ranks = Ranks()) -> None:
+    def __init__(self, folder: Path, ranks: Ranks = Ranks(), replicated_data: bool = False) -> None:
         self.folder = Path(folder)
         self.ranks = ranks
+        self.replicated_data = replicated_data
 
     def read_state(self) -> Optional[Dict[str, Any]]:
         """``state.json`` of the last complete checkpoint, or ``None``; what dead writers
@@ -225,7 +256,11 @@ class CheckpointFolder:
         from safetensors.torch import load_file
 
         took = int(state.get("world_size", 1))
-        if state.get("position") and took != self.ranks.world_size:
+        # positions in whole batches (one process, or ranks that each read every batch) mean the same to any
+        # number of ranks that read every batch; a data-parallel rank's position counts its shard's batches
+        whole = took == 1 or bool(state.get("replicated_data"))
+        same_meaning = whole and (self.replicated_data or not self.ranks.distributed)
+        if state.get("position") and took != self.ranks.world_size and not same_meaning:
             raise LegoDNNError(
                 f"{self.folder} holds a checkpoint taken in the middle of an epoch by {took} process(es); resume it "
                 f"with {took} (torchrun --nproc_per_node {took}), or delete the folder to start over")
@@ -279,6 +314,7 @@ class CheckpointFolder:
             save_torch_atomic(self.folder / files["optim"], optim)
             save_torch_atomic(self.folder / files["rng"], rng)
             state["checkpoint"], state["files"], state["world_size"] = number, files, self.ranks.world_size
+            _mark_replicated(state, self.replicated_data)
             write_text_atomic(self.folder / STATE_FILE, json.dumps(state, indent=1))  # the checkpoint is complete
             keep = set(files.values())
             for entry in self.folder.iterdir():
@@ -286,4 +322,5 @@ class CheckpointFolder:
                     entry.unlink(missing_ok=True)
         else:
             state["checkpoint"], state["files"], state["world_size"] = number, files, self.ranks.world_size
+            _mark_replicated(state, self.replicated_data)
         self.ranks.barrier("waiting for rank 0 to write a checkpoint")

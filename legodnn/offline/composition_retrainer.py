@@ -18,7 +18,9 @@ Memory holds one batch's graph of one composition at a time.
 
 Under ``torchrun`` it is data-parallel (:mod:`~legodnn.offline.distributed`): every rank
 samples the same compositions (they depend on the epoch and step alone), runs them on
-its shard of the batch, and the gradients are averaged before the step.
+its shard of the batch, and the gradients are averaged before the step. With
+``sync_batchnorm=True`` the descendants' BatchNorm (``batchnorm="train"``) normalises
+with the statistics of every rank's shard together (:mod:`~legodnn.offline.sync_batchnorm`).
 """
 
 from __future__ import annotations
@@ -39,11 +41,14 @@ from tqdm.auto import tqdm
 from ..blockmanager.auto_block_manager import AutoBlockManager
 from ..blockmanager.store import claim_path, mark_work_dir
 from ..errors import LegoDNNError
-from .checkpoints import CheckpointClock, CheckpointFolder, check_checkpoint_options, resume_epoch, set_rng_state
+from ..validation import check_bool
+from .checkpoints import (CheckpointClock, CheckpointFolder, check_checkpoint_options, resume_epoch, set_rng_state,
+                          share_rng_state)
 from .composition import SandwichSampler, SwitchableModel, distillation_loss
-from .distributed import batch_len, current_ranks, shard_loader, start_epoch
+from .distributed import SplitBatches, batch_len, current_ranks, shard_loader, start_epoch
 from .guards import finite_loss
 from .precision import LossScaler, record_precision, resolve_precision, restore_precision
+from .sync_batchnorm import convert_batchnorm
 
 __all__ = ["CompositionStage", "CompositionRetrainer", "CompositionHistory"]
 
@@ -121,6 +126,13 @@ class CompositionStage:
     forwards under autocast, losses and steps in fp32; ``channels_last=True`` holds the
     frame, the blocks and the images in NHWC layout while the stage runs
     (:mod:`~legodnn.offline.precision`); with both off nothing changes, bit for bit.
+    ``sync_batchnorm=True`` (default ``False``), with several data-parallel ranks and
+    ``batchnorm="train"``: the descendants' BatchNorm normalises with every rank's
+    samples together, as one process over the whole batch (nothing changes with one
+    process). Loaders split by :class:`~legodnn.offline.distributed.SplitBatches` (every
+    rank reads every batch and takes its slice: after descendant-parallel block
+    training) get rank 0's random generators at the start of each epoch, so that the
+    ranks split the same batches.
 
     The default sandwich is every whole level at every step plus ``num_random=1`` random
     composition (``every_level=True``): on CIFAR-10 (an 82.85% ResNet-18 teacher, 8 block
@@ -167,7 +179,10 @@ class CompositionStage:
         data_parallel: bool = True,
         amp: Optional[str] = None,
         channels_last: bool = False,
+        sync_batchnorm: bool = False,
     ) -> None:
+        self.sync_batchnorm = check_bool("sync_batchnorm", sync_batchnorm,
+                                         "pass sync_batchnorm=True to normalise with every rank's samples together")
         if isinstance(max_epoch, bool) or not isinstance(max_epoch, int) or max_epoch < 1:
             raise LegoDNNError(f"composition epochs must be a whole number >= 1, got {max_epoch!r}")
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
@@ -284,6 +299,8 @@ class CompositionStage:
         self._clock = CheckpointClock(self.checkpoint_seconds, self.checkpoint_steps)
         self._scaler = LossScaler(self.precision)
         self._best = self._load(students, optim, fingerprint)
+        if self.sync_batchnorm and self.batchnorm == "train":  # frozen BatchNorm reads no batch statistics
+            convert_batchnorm(students.values(), self.ranks)
         state = self._state
         self._best_saved = "checkpoint" in state  # the checkpoint just read holds them
         net = SwitchableModel(self.bm, students)
@@ -341,6 +358,8 @@ class CompositionStage:
         # a checkpoint's sums are over every rank: rank 0 carries them on
         total, count = (float(position["total"]), int(position["count"])) if position and self.ranks.is_main else (0.0, 0)
         start_epoch(self.train_loader, epoch)
+        if isinstance(self.train_loader, SplitBatches) and not done:  # the ranks split the same batches: rank 0's
+            share_rng_state(self.ranks, self.train_loader)
         epoch_start_rng, batches = resume_epoch(self.train_loader, done, self._rng)
         bar = tqdm(batches, desc=f"composition training {epoch + 1}/{self.max_epoch}", initial=done, total=steps,
                    disable=not self.verbose, leave=False)

@@ -19,6 +19,13 @@ environment says one should: legodnn then creates it, see :func:`init_distribute
   hangs is given up on after the process group's timeout; every collective legodnn runs
   turns either into a :class:`~legodnn.errors.LegoDNNError` naming what was being done.
 
+``BlockRetrainer(..., parallel="descendants")`` splits the block stage the other way
+(:func:`balanced_split`): every rank reads every batch and trains its share of the
+descendants, and the composition stage after it is data-parallel over every batch
+split among the ranks (:class:`SplitBatches`), so the samples per step stay one
+process's. With ``sync_batchnorm=True`` the descendants' BatchNorm normalises with the
+statistics of every rank's samples together (:mod:`~legodnn.offline.sync_batchnorm`).
+
 With one process (or ``data_parallel=False``) nothing here changes what the stages do.
 """
 
@@ -38,10 +45,15 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Sampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
-from ..errors import LegoDNNError
+from ..errors import InvalidArgumentError, LegoDNNError
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
+    "PARALLEL_MODES",
+    "SplitBatches",
+    "balanced_split",
+    "check_parallel",
+    "split_batch",
     "TIMEOUT_ENV",
     "RankStrided",
     "Ranks",
@@ -62,6 +74,11 @@ __all__ = [
 DEFAULT_TIMEOUT_S = 600.0
 #: the environment variable that overrides :data:`DEFAULT_TIMEOUT_S` (seconds)
 TIMEOUT_ENV = "LEGODNN_DIST_TIMEOUT"
+
+#: how ``BlockRetrainer`` splits its block stage over the ranks: ``"data"`` (each rank a
+#: shard of the data, every descendant; the default) or ``"descendants"`` (each rank all
+#: the data, its share of the descendants)
+PARALLEL_MODES = ("data", "descendants")
 
 _BUCKET_ELEMENTS = 1 << 24  # gradients are all-reduced in buckets of at most 64 MiB of fp32
 _timeout_s: Optional[float] = None  # the timeout of the group legodnn created, for error messages
@@ -340,9 +357,104 @@ class RankStrided:
         return len(range(self.rank, n, self.world_size))
 
 
+class SplitBatches:
+    """Rank ``r``'s slice of every batch of ``base``: samples ``[r * n // N, (r + 1) * n // N)``
+    of a batch of ``n`` (:func:`split_batch`).
+
+    For a stage that is data-parallel while every rank reads the same batches (the
+    composition stage after descendant-parallel block training): the samples per
+    optimizer step stay those of one process reading ``base``, and so do the number of
+    steps and the learning-rate schedule. Every rank must read the same batches in the
+    same order (the stages share rank 0's random generators at the start of each epoch).
+    ``train``: a batch of fewer samples than ranks is skipped by every rank (each rank
+    must take every step); for evaluation a rank whose slice is empty skips it, and every
+    sample counts once.
+    """
+
+    def __init__(self, base: Iterable[Any], rank: int, world_size: int, train: bool) -> None:
+        self.base, self.rank, self.world_size, self.train = base, rank, world_size, train
+
+    @property
+    def wrapped_loader(self) -> Iterable[Any]:
+        """The user's loader, whose own generators a checkpoint records."""
+        return self.base
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.base:
+            n = _samples(batch)
+            lo, hi = self.rank * n // self.world_size, (self.rank + 1) * n // self.world_size
+            if (self.train and n < self.world_size) or hi <= lo:
+                continue
+            yield split_batch(batch, lo, hi)
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+
+def split_batch(batch: Any, lo: int, hi: int) -> Any:
+    """Samples ``lo:hi`` of a batch (its length: :func:`batch_len`, a dict's first field's).
+
+    A tensor is sliced along its first dimension; a tuple, list or dict of fields (the
+    usual ``(images, labels)``, or detection targets as a list of one dict per image)
+    has each field sliced: a tensor whose first dimension is the batch's length, a list
+    or tuple of that length (one item per sample), a dict's values alike. Anything else
+    (a scalar, a shared setting) is kept whole on every rank.
+    """
+    n = _samples(batch)
+
+    def field(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value[lo:hi] if value.dim() and value.shape[0] == n else value
+        if isinstance(value, (list, tuple)) and len(value) == n:
+            return value[lo:hi]
+        if isinstance(value, dict):
+            return {k: field(v) for k, v in value.items()}
+        return value
+
+    if isinstance(batch, torch.Tensor):
+        return batch[lo:hi]
+    if isinstance(batch, dict):
+        return {k: field(v) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a namedtuple
+        return type(batch)(*(field(v) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(field(v) for v in batch)
+    return batch
+
+
+def _samples(batch: Any) -> int:
+    """The samples in a batch, a dict of fields included (its first field's length)."""
+    if isinstance(batch, dict):
+        return batch_len(next(iter(batch.values()))) if batch else 0
+    return batch_len(batch)
+
+
+def check_parallel(parallel: Any) -> str:
+    """``parallel`` checked at the public boundary: one of :data:`PARALLEL_MODES`."""
+    if not isinstance(parallel, str) or parallel not in PARALLEL_MODES:
+        raise InvalidArgumentError(
+            f"parallel must be one of {', '.join(repr(m) for m in PARALLEL_MODES)}, got {parallel!r}: 'data' "
+            "shards the data over the ranks (the default), 'descendants' shares the descendants out among them")
+    return parallel
+
+
+def balanced_split(costs: Sequence[float], world_size: int) -> List[List[int]]:
+    """Indices of ``costs`` shared out among ``world_size`` ranks with loads as equal as
+    a greedy split makes them: the largest first, each to the least-loaded rank (ties:
+    the lower rank), so that every rank computes the same split. Returns, per rank, its
+    indices in their original order (it trains them in the order one process would)."""
+    load = [0.0] * world_size
+    shares: List[List[int]] = [[] for _ in range(world_size)]
+    for i in sorted(range(len(costs)), key=lambda i: (-float(costs[i]), i)):
+        r = min(range(world_size), key=lambda r: (load[r], r))
+        shares[r].append(i)
+        load[r] += float(costs[i])
+    return [sorted(share) for share in shares]
+
+
 def _sharded(loader: Any) -> bool:
-    return isinstance(loader, RankStrided) or isinstance(getattr(loader, "sampler", None), (DistributedSampler,
-                                                                                             ShardSampler))
+    return isinstance(loader, (RankStrided, SplitBatches)) or isinstance(getattr(loader, "sampler", None),
+                                                                          (DistributedSampler, ShardSampler))
 
 
 def shard_loader(loader: Any, ranks: Ranks, *, train: bool, seed: int = 0, pin_memory: bool = False) -> Any:
@@ -381,7 +493,10 @@ def shard_loader(loader: Any, ranks: Ranks, *, train: bool, seed: int = 0, pin_m
 
 def start_epoch(loader: Any, epoch: int) -> None:
     """Tell a ``DistributedSampler`` the epoch before its loader starts, so that it shuffles
-    anew each epoch, and the same way on every rank and in a resumed run."""
+    anew each epoch, and the same way on every rank and in a resumed run (a loader split
+    by :class:`SplitBatches`: the user's loader's sampler)."""
+    if isinstance(loader, SplitBatches):
+        loader = loader.base
     sampler = getattr(loader, "sampler", None)
     if isinstance(sampler, DistributedSampler):
         sampler.set_epoch(epoch)
