@@ -1,5 +1,8 @@
 """Blocks, conv-parameter coverage, parameter cut at all-0.8 and extraction time per model.
 
+"max/block" is the block-size limit, "largest" the most convs in one block (above the
+limit for a module that is pruned only whole, up to twice it).
+
     python bench/coverage.py [--ratio 0.125] [--models cifar_resnet18 tv_vgg16_bn ...] [--markdown docs/zoo.md]
 
 Every model is built at random weights in eval mode at its standard input size; the block
@@ -134,19 +137,20 @@ def measure(name: str, ratio: float) -> dict:
     smallest = m.compose({s.name: m.get_descendant(s.name, 0.8) for s in m.blocks})
     cut = 1 - count_params(smallest) / count_params(model)
     parts = ",".join(p.path or "<model>" for p in m.parts)
-    return dict(blocks=len(m.blocks), convs=m.total_convs, max_convs=m.max_convs_per_block, coverage=m.coverage,
+    return dict(blocks=len(m.blocks), convs=m.total_convs, max_convs=m.max_convs_per_block,
+                largest=max(s.num_convs for s in m.blocks), coverage=m.coverage,
                 cut=cut, find_seconds=found, seconds=extracted, parts=parts, size=list(size))
 
 
 def markdown(results: Dict[str, dict], ratio: float, threads: int) -> List[str]:
-    lines = [f"| model | input | convs | max/block | blocks | coverage | cut at all-0.8 | find s | extract s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"| model | input | convs | max/block | largest | blocks | coverage | cut at all-0.8 | find s | extract s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
         size = "x".join(str(d) for d in MODELS[name][1][2:])
         if "refused" in r:
-            lines.append(f"| {name} | {size} | | | refused | | | {r['seconds']:.1f} | |")
+            lines.append(f"| {name} | {size} | | | | refused | | | {r['seconds']:.1f} | |")
         else:
-            lines.append(f"| {name} | {size} | {r['convs']} | {r['max_convs']} | {r['blocks']} | "
+            lines.append(f"| {name} | {size} | {r['convs']} | {r['max_convs']} | {r['largest']} | {r['blocks']} | "
                          f"{100 * r['coverage']:.1f}% | {100 * r['cut']:.1f}% | {r['find_seconds']:.1f} | "
                          f"{r['seconds']:.1f} |")
     return lines
@@ -160,7 +164,7 @@ def main(argv=None) -> Dict[str, dict]:
     parser.add_argument("--markdown", help="also write the table (markdown) to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"{'model':28s} {'convs':>5s} {'max/blk':>7s} {'blocks':>6s} {'coverage':>8s} {'cut':>6s} "
+    print(f"{'model':28s} {'convs':>5s} {'max/blk':>7s} {'largest':>7s} {'blocks':>6s} {'coverage':>8s} {'cut':>6s} "
           f"{'find s':>7s} {'extr s':>7s}")
     results = {}
     for name in args.models:
@@ -168,7 +172,8 @@ def main(argv=None) -> Dict[str, dict]:
         if "refused" in r:
             print(f"{name:28s} refused: {r['refused'][:100]}", flush=True)
             continue
-        print(f"{name:28s} {r['convs']:5d} {r['max_convs']:7d} {r['blocks']:6d} {100 * r['coverage']:7.1f}% "
+        print(f"{name:28s} {r['convs']:5d} {r['max_convs']:7d} {r['largest']:7d} {r['blocks']:6d} "
+              f"{100 * r['coverage']:7.1f}% "
               f"{100 * r['cut']:5.1f}% {r['find_seconds']:7.1f} {r['seconds']:7.1f}", flush=True)
     if args.markdown:
         with open(args.markdown, "w") as f:

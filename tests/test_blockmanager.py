@@ -53,7 +53,7 @@ def _run(model: nn.Module, x: torch.Tensor) -> list:
 def test_blocks_found(ex: Extracted) -> None:
     m = ex.manager
     assert len(m.blocks) >= 1
-    assert all(s.num_convs <= m.max_convs_per_block for s in m.blocks)
+    assert all(s.num_convs <= m.max_convs_larger_block for s in m.blocks)
     names = [s.name for s in m.blocks]
     assert len(set(names)) == len(names)
     # blocks are disjoint

@@ -9,6 +9,7 @@ import time
 import weakref
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch import fx, nn
 from tqdm.auto import tqdm
@@ -36,7 +37,7 @@ from .specs import BlockSpec, DescendantSpec
 from .store import FRAME_FILE, BlockStore, StoreWriter, descendant_file
 from .tracing import TracedPart, dummy_runner, is_multi_input, trace_model
 
-__all__ = ["AutoBlockManager", "validate_sparsities", "dummy_runner"]
+__all__ = ["AutoBlockManager", "LARGER_BLOCK_FACTOR", "validate_sparsities", "dummy_runner"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +79,10 @@ class AutoBlockManager:
     Blocks are the largest single-input/single-output regions of the traced graph with
     at most ``max(2, floor(total_convs * compress_layer_max_ratio))`` convolutions and
     something to prune, chosen to cover as many parameters as possible (the original
-    LegoDNN rule for block size). ``block_sparsity`` lists the fraction of each block's
+    LegoDNN rule for block size). A module with more convs than that and no single-tensor
+    cut inside (a ResNeSt bottleneck, a VoVNet OSA module) can only be pruned whole: a
+    block may then hold up to :data:`LARGER_BLOCK_FACTOR` times as many convs, where it
+    prunes layers that no choice of blocks within the limit can (ties go to the latter). ``block_sparsity`` lists the fraction of each block's
     internal filters every descendant removes; 0.0, the original block, is always there.
     ``model_input_size`` is the dummy input's shape, or a tuple of shapes for a model
     whose forward takes several tensors (each block still takes one; such a model is
@@ -95,7 +99,7 @@ class AutoBlockManager:
         model_input_size: the dummy input's shape with its batch dim, ``(1, 3, 32, 32)``,
             or a tuple of shapes for a model with several tensor inputs.
         compress_layer_max_ratio: a block holds at most this fraction of the model's
-            convolutions (at least 2).
+            convolutions (at least 2; up to twice that for a module pruned only whole).
         device: where the model runs while blocks are found and measured.
         verbose: log what was traced and found.
         layers: a registry of custom layer types instead of ``default_layers``.
@@ -135,6 +139,8 @@ class AutoBlockManager:
         self.total_convs = len(conv_modules)
         self.total_conv_params = sum(count_params(m) for m in conv_modules.values())
         self.max_convs_per_block = max(2, math.floor(self.total_convs * self.compress_layer_max_ratio))
+        #: the most convs of a larger block, one that prunes what no block within the limit can
+        self.max_convs_larger_block = LARGER_BLOCK_FACTOR * self.max_convs_per_block
 
         start = time.perf_counter()
         self.parts = self._trace()
@@ -171,14 +177,20 @@ class AutoBlockManager:
     def _find_blocks(self) -> Partition:
         chosen: List[Tuple[str, Region]] = []
         for part in self.parts:
-            candidates = find_candidate_regions(part.graph_module, self.max_convs_per_block, layers=self.layers)
+            candidates = find_candidate_regions(part.graph_module, self.max_convs_per_block, layers=self.layers,
+                                                oversized_convs=self.max_convs_larger_block)
             gm = part.graph_module
 
             def prunable(region: Region, gm: fx.GraphModule = gm, path: str = part.path) -> bool:
                 spec = _provisional_spec(path, region)
                 return bool(analyze_channels(extract_block(gm, spec), self.layers).groups)
 
-            chosen.extend((part.path, r) for r in select_regions(candidates, accept=prunable))
+            def pruned_params(region: Region, gm: fx.GraphModule = gm, path: str = part.path) -> Optional[int]:
+                block = extract_block(gm, _provisional_spec(path, region))
+                analysis = analyze_channels(block, self.layers)
+                return _pruned_params(block, analysis, self.layers) if analysis.groups else None
+
+            chosen.extend((part.path, r) for r in select_regions(candidates, accept=prunable, weigh=pruned_params))
         if not chosen:
             raise NoBlocksError(
                 "found no block to prune: the model needs at least one convolution or linear layer "
@@ -454,6 +466,32 @@ class AutoBlockManager:
         if is_multi_input(self.model_input_size):
             _check_manifest_round_trip(manifest)
         return manifest, all_desc
+
+
+#: a block that prunes what no block within the size limit can may hold this many times
+#: the limit's convs (a ResNeSt bottleneck: 6 convs against 3 allowed in resnest14d; a
+#: VoVNet OSA module: 9 against 5 in ese_vovnet19b_dw)
+LARGER_BLOCK_FACTOR = 2
+
+
+def _pruned_params(block: fx.GraphModule, analysis: ChannelAnalysis, layers: LayerRegistry) -> int:
+    """Parameters of the block's prunable layers that lose input or output channels in
+    some descendant (each layer counted once)."""
+    pruned = np.zeros(len(analysis.class_importance), dtype=bool)
+    for group in analysis.groups:
+        for part in group.parts:
+            pruned[part] = True
+    modules = dict(block.named_modules())
+    seen, total = set(), 0
+    for node in block.graph.nodes:
+        if node.op != "call_module" or node.target in seen or not layers.is_prunable(modules[node.target]):
+            continue
+        lays = [analysis.layouts.get(node.name)]
+        lays += [analysis.layouts.get(a.name) for a in node.all_input_nodes]
+        if any(lay is not None and len(lay) and pruned[lay].any() for lay in lays):
+            seen.add(node.target)
+            total += count_params(modules[node.target])
+    return total
 
 
 #: methods by which re-parameterisable blocks (RepVGG, MobileOne) fuse their branches

@@ -9,12 +9,20 @@ does). Candidates come from
 walking up the dominator tree from every exit, which bounds the work by the block
 size limit; the chosen blocks are the disjoint set that covers the most prunable
 parameters (weighted interval scheduling over the topological order).
+
+Some modules hold more convs than the limit and have no single-tensor cut inside: a
+ResNeSt bottleneck (its downsample runs beside five convs into one sum), a VoVNet OSA
+module (its input and every stage are concatenated into one conv). No block within the
+limit prunes their channels. Such *larger* regions, up to a second, higher limit, are
+candidates too, marked ``oversized``; they are weighed by the layers they really prune
+(the channel analysis says which) and lose every tie to blocks within the limit, so they
+are chosen only where they prune more than any choice of blocks within the limit.
 """
 
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Set
 
 from torch import fx
@@ -36,6 +44,7 @@ class Region:
     num_convs: int
     prunable_params: int
     conv_params: int
+    oversized: bool = False  # more convs than the block size limit (see the module docstring)
 
 
 def _is_tensor(node: fx.Node) -> bool:
@@ -93,10 +102,14 @@ def _dominators(order: List[fx.Node], preds: Dict[fx.Node, List[fx.Node]], root:
 
 
 def find_candidate_regions(
-    gm: fx.GraphModule, max_convs: int, min_nodes: int = 1, layers: Optional[LayerRegistry] = None
+    gm: fx.GraphModule, max_convs: int, min_nodes: int = 1, layers: Optional[LayerRegistry] = None,
+    oversized_convs: int = 0,
 ) -> List[Region]:
     """All single-entry/single-exit regions with at most ``max_convs`` convolutions and
-    at least one prunable layer (``layers`` says which custom leaves count as convs)."""
+    at least one prunable layer (``layers`` says which custom leaves count as convs).
+
+    With ``oversized_convs`` above ``max_convs``, regions of up to that many convs are
+    returned too, marked ``oversized``."""
     layers = default_layers if layers is None else layers
     modules = dict(gm.named_modules())
     consts = constant_nodes(gm.graph)
@@ -212,7 +225,7 @@ def find_candidate_regions(
         while a is not None:
             body = desc[a] & anc[b]
             n_convs = weight(body & conv_mask, conv_one)  # distinct conv layers
-            if n_convs > max_convs:
+            if n_convs > max(max_convs, oversized_convs):
                 break
             # nothing inside may be used outside: b post-dominates a's successors on the way
             if (
@@ -221,9 +234,9 @@ def find_candidate_regions(
                 and all(pdominates(b, s) for s in succs[a] if body >> index[s] & 1)
                 and all(body & m in (0, m) for m in shared_masks)
             ):
-                nodes = frozenset(order[i].name for i in range(len(order)) if body >> i & 1)
-                if len(nodes) >= min_nodes:
-                    idx = [i for i in range(len(order)) if body >> i & 1]
+                idx = _bits(body)
+                if len(idx) >= min_nodes:
+                    nodes = frozenset(order[i].name for i in idx)
                     regions.append(
                         Region(
                             entry=a.name,
@@ -234,6 +247,7 @@ def find_candidate_regions(
                             num_convs=n_convs,
                             prunable_params=weight(body & prunable_mask, prunable_w),
                             conv_params=weight(body & conv_mask, conv_w),
+                            oversized=n_convs > max_convs,
                         )
                     )
             if a is source:
@@ -242,40 +256,67 @@ def find_candidate_regions(
     return regions
 
 
+def _bits(mask: int) -> List[int]:
+    """Indices of the set bits of ``mask``, ascending."""
+    out: List[int] = []
+    while mask:
+        low = mask & -mask
+        out.append(low.bit_length() - 1)
+        mask ^= low
+    return out
+
+
 def select_regions(
-    regions: Sequence[Region], accept: Optional[Callable[[Region], bool]] = None
+    regions: Sequence[Region],
+    accept: Optional[Callable[[Region], bool]] = None,
+    weigh: Optional[Callable[[Region], Optional[int]]] = None,
 ) -> List[Region]:
     """The disjoint regions that cover the most prunable parameters.
 
-    Ties go to fewer blocks, then to blocks holding more nodes (fewer frame ops between
-    blocks). ``accept`` can veto a region (e.g. one with nothing to prune); vetoed
-    regions are dropped and the choice is made again, lazily, so only chosen regions
-    are ever checked.
+    Ties go to fewer oversized regions, then to fewer blocks, then to blocks holding more
+    nodes (fewer frame ops between blocks). ``accept`` can veto a region (e.g. one with
+    nothing to prune). ``weigh`` gives an oversized region its real weight, the
+    parameters of the layers it prunes (None vetoes it); without it an oversized region
+    goes by ``accept`` and its structural weight like any other. Both are called lazily,
+    on chosen regions only: a vetoed region is dropped, a reweighed one put back with its
+    weight, and the choice made again until every chosen region has been checked.
     """
     rejected: Set[Region] = set()
     checked: Set[Region] = set()
+    current: List[Region] = list(regions)
     while True:
-        pool = sorted((r for r in regions if r not in rejected), key=lambda r: (r.last, r.first))
+        pool = sorted((r for r in current if r not in rejected), key=lambda r: (r.last, r.first))
         chosen = _schedule(pool)
         fresh = [r for r in chosen if r not in checked]
-        if accept is None or not fresh:
+        if (accept is None and weigh is None) or not fresh:
             return sorted(chosen, key=lambda r: r.first)
+        changed: dict = {}
         for r in fresh:
             checked.add(r)
-            if not accept(r):
+            if r.oversized and weigh is not None:
+                w = weigh(r)
+                if w is None:
+                    rejected.add(r)
+                elif w != r.prunable_params:
+                    new = replace(r, prunable_params=w)
+                    checked.add(new)
+                    changed[r] = new
+            elif accept is not None and not accept(r):
                 rejected.add(r)
+        if changed:
+            current = [changed.get(r, r) for r in current]
 
 
 def _schedule(pool: List[Region]) -> List[Region]:
-    """Weighted interval scheduling; the score is (params, -blocks, nodes)."""
+    """Weighted interval scheduling; the score is (params, -oversized, -blocks, nodes)."""
     ends = [r.last for r in pool]
-    best: List[tuple] = [(0, 0, 0)]
+    best: List[tuple] = [(0, 0, 0, 0)]
     take: List[int] = [-1]
     back: List[int] = [0]
     for k, r in enumerate(pool):
         j = bisect.bisect_left(ends, r.first, 0, k)  # regions ending before r starts
         prev = best[j]
-        with_r = (prev[0] + r.prunable_params, prev[1] - 1, prev[2] + len(r.nodes))
+        with_r = (prev[0] + r.prunable_params, prev[1] - int(r.oversized), prev[2] - 1, prev[3] + len(r.nodes))
         if with_r > best[k]:
             best.append(with_r)
             take.append(k)
