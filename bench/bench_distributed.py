@@ -1,4 +1,4 @@
-"""Data-parallel retraining on this CPU: 1 against 2 processes of one thread each.
+"""Retraining on this CPU: 1 against 2 processes of one thread each, data- and descendant-parallel.
 
     python bench/bench_distributed.py [--images 512] [--batch 32] [--width 16] [--out distributed.json]
 
@@ -17,6 +17,13 @@ while the work-split efficiency (CPU seconds of one process over those of two) s
 what data parallelism itself costs (smaller batches per process, the all-reduces);
 two free cores give at most 2 x efficiency. Time and CPU inside the collectives are
 printed too.
+
+A third run retrains the block stage descendant-parallel on two processes
+(``BlockRetrainer(..., parallel="descendants")``): each process reads every batch of
+``--batch`` images and runs the teacher on it, and trains half of the descendants (by
+FLOPs). Its row sits beside the block stage's data-parallel one: the same images and
+samples per step, the work split the other way (the teacher forward replicated instead
+of the batch halved; no gradient all-reduce, one gather of the weights per checkpoint).
 
 The ranks are started as ``torchrun`` would (its environment variables), by this script.
 """
@@ -91,7 +98,8 @@ class _Collectives:
 
 
 def worker(args: argparse.Namespace) -> None:
-    """One rank: both stages, timed from a barrier."""
+    """One rank: both stages, timed from a barrier (``--parallel descendants``: the block stage
+    alone, every rank reading whole batches)."""
     from legodnn import AutoBlockManager, CommonModelManager
     from legodnn.offline import BlockRetrainer, CompositionRetrainer
     from legodnn.offline.distributed import current_ranks
@@ -101,7 +109,9 @@ def worker(args: argparse.Namespace) -> None:
     model, mm = _model(args.width), CommonModelManager()
     bm = AutoBlockManager(SPARSITIES, model, mm, SIZE, verbose=False)
     root = Path(args.root)
-    train = DataLoader(_data(args.images, 0), batch_size=args.batch // ranks.world_size, shuffle=True)
+    by_descendants = args.parallel == "descendants"
+    per_rank = args.batch if by_descendants else args.batch // ranks.world_size
+    train = DataLoader(_data(args.images, 0), batch_size=per_rank, shuffle=True)
     val = DataLoader(_data(HELD_OUT, 1), batch_size=HELD_OUT)
     # the first optimizer a process builds imports torch._dynamo (~2.5 s here): a start-up cost, not training
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
@@ -110,10 +120,14 @@ def worker(args: argparse.Namespace) -> None:
     ranks.barrier("starting")
     collectives.take()
     start, cpu = time.perf_counter(), time.process_time()
-    BlockRetrainer(model, bm, mm, str(root / "compressed"), str(root / f"block{ranks.world_size}"), 1, train, val,
-                   verbose=False, composition_epochs=0).train_all_blocks()
+    name = f"block{ranks.world_size}{'-descendants' if by_descendants else ''}"
+    BlockRetrainer(model, bm, mm, str(root / "compressed"), str(root / name), 1, train, val,
+                   verbose=False, composition_epochs=0, parallel=args.parallel).train_all_blocks()
     times["block"], times["block_cpu"] = time.perf_counter() - start, time.process_time() - cpu
     times.update({f"block_{k}": v for k, v in collectives.take().items()})
+    if by_descendants:
+        (root / f"times{ranks.world_size}d-{ranks.rank}.json").write_text(json.dumps(times))
+        return
     ranks.barrier("starting the composition stage")
     collectives.take()
     start, cpu = time.perf_counter(), time.process_time()
@@ -130,9 +144,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(world: int, args: argparse.Namespace, root: Path) -> Dict[str, float]:
+def _run(world: int, args: argparse.Namespace, root: Path, parallel: str = "data") -> Dict[str, Any]:
     command = [sys.executable, __file__, "--worker", "--root", str(root), "--images", str(args.images),
-               "--batch", str(args.batch), "--width", str(args.width)]
+               "--batch", str(args.batch), "--width", str(args.width), "--parallel", parallel]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if world > 1:
         port = str(_free_port())
@@ -142,9 +156,10 @@ def _run(world: int, args: argparse.Namespace, root: Path) -> Dict[str, float]:
     codes = [p.wait() for p in procs]
     if any(codes):
         raise SystemExit(f"{world} process(es): exit codes {codes}")
-    ranks = [json.loads((root / f"times{world}-{r}.json").read_text()) for r in range(world)]
+    tag = "d" if parallel == "descendants" else ""
+    ranks = [json.loads((root / f"times{world}{tag}-{r}.json").read_text()) for r in range(world)]
     times: Dict[str, Any] = dict(ranks[0])
-    for stage in ("block", "composition"):
+    for stage in ("block",) if parallel == "descendants" else ("block", "composition"):
         times[f"{stage}_cpu"] = sum(r[f"{stage}_cpu"] for r in ranks)  # over every process
         times[f"{stage}_collective_cpu_s"] = sum(r[f"{stage}_collective_cpu_s"] for r in ranks)
         times[f"{stage}_collective_s"] = [r[f"{stage}_collective_s"] for r in ranks]  # per rank
@@ -159,6 +174,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--root", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--parallel", default="data", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)
@@ -174,6 +190,7 @@ def main() -> None:
         model, mm = _model(args.width), CommonModelManager()
         AutoBlockManager(SPARSITIES, model, mm, SIZE, verbose=False).extract_all_blocks(str(root / "compressed"))
         runs = {world: _run(world, args, root) for world in (1, 2)}
+        by_descendants = _run(2, args, root, "descendants")
     result: Dict[str, Any] = {"model": f"cifar_resnet18 base width {args.width}, 32 px", "images": args.images,
                               "batch": args.batch, "sparsities": SPARSITIES, "threads_per_process": 1,
                               "cpus": os.cpu_count(), "load_average_before": load_before,
@@ -194,9 +211,22 @@ def main() -> None:
                                        "cpu_s_all_ranks": runs[2][f"{stage}_collective_cpu_s"]}}
         print(f"{stage:<12} {rate[1]:>8.1f} im/s {rate[2]:>8.1f} im/s {rate[2] / rate[1]:>8.2f}x "
               f"{cpu[1]:>15.1f} / {cpu[2]:<6.1f} {cpu[1] / cpu[2]:>10.2f}")
-    for stage in ("block", "composition"):
+    rate = {1: args.images / runs[1]["block"], 2: args.images / by_descendants["block"]}
+    cpu = {1: runs[1]["block_cpu"], 2: by_descendants["block_cpu"]}
+    result["stages"]["block_descendant_parallel"] = {
+        "seconds": {1: runs[1]["block"], 2: by_descendants["block"]}, "images_per_s": rate,
+        "speedup": rate[2] / rate[1], "speedup_over_data_parallel": runs[2]["block"] / by_descendants["block"],
+        "cpu_seconds_all_processes": cpu, "work_split_efficiency": cpu[1] / cpu[2],
+        "two_processes_in_collectives": {"calls_per_rank": by_descendants["block_collectives"],
+                                         "wall_s_per_rank": by_descendants["block_collective_s"],
+                                         "cpu_s_all_ranks": by_descendants["block_collective_cpu_s"]}}
+    print(f"{'block, desc.':<12} {rate[1]:>8.1f} im/s {rate[2]:>8.1f} im/s {rate[2] / rate[1]:>8.2f}x "
+          f"{cpu[1]:>15.1f} / {cpu[2]:<6.1f} {cpu[1] / cpu[2]:>10.2f}")
+    print(f"block stage on 2 processes: descendant-parallel {runs[2]['block'] / by_descendants['block']:.2f}x the "
+          f"throughput of data-parallel")
+    for stage in ("block", "composition", "block_descendant_parallel"):
         c = result["stages"][stage]["two_processes_in_collectives"]
-        print(f"{stage}, 2 processes: {c['calls_per_rank']} collectives per rank, in them "
+        print(f"{stage.replace('_', ' ')}, 2 processes: {c['calls_per_rank']} collectives per rank, in them "
               f"{' / '.join(f'{s:.2f}' for s in c['wall_s_per_rank'])} s wall (ranks 0 / 1, waiting for the other "
               f"included), {c['cpu_s_all_ranks']:.2f} CPU s in all")
     if args.out:
