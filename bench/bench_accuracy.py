@@ -36,7 +36,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -133,6 +133,29 @@ def _compositions(names: Sequence[str], n: int, seed: int) -> List[Tuple[float, 
     return out
 
 
+def estimate_errors(rows: Sequence[Dict[str, Any]], fitted_on: Any, teacher_test: float,
+                    teacher_profile: float) -> Dict[str, Any]:
+    """How far the estimate is from the test accuracy, as accuracies and as drops.
+
+    The estimate is the teacher's accuracy on the profile images minus a fitted drop. On
+    the test images the teacher itself scores differently (82.85% against 83.10% on the
+    5,000 profile images, 83.4% on all 29,000 images it never saw: CIFAR-10's test set is a
+    little harder), and that shift is in every row's accuracy error. The drop error,
+    (measured - teacher on test) - (estimated - teacher on profile), is what the optimizer
+    depends on: it ranks compositions by the drop, whatever the anchor.
+    """
+    errors = [r["measured"] - r["estimated"] for r in rows]
+    drops = [e - (teacher_test - teacher_profile) for e in errors]
+    held = [e for r, e in zip(rows, errors) if tuple(r["sparsities"]) not in fitted_on]
+    return {
+        "mean_abs_error": sum(map(abs, errors)) / len(errors), "max_abs_error": max(map(abs, errors)),
+        "drop_mean_abs_error": sum(map(abs, drops)) / len(drops), "drop_max_abs_error": max(map(abs, drops)),
+        "teacher_test": teacher_test, "teacher_profile": teacher_profile,
+        "n": len(errors), "n_in_fit": len(errors) - len(held),
+        "heldout_mean_abs_error": sum(map(abs, held)) / len(held) if held else None,
+        "heldout_max_abs_error": max(map(abs, held)) if held else None}
+
+
 def _evaluate_store(bm: AutoBlockManager, mm: CommonModelManager, store: Path, configs: Sequence[Tuple[float, ...]],
                     test: Any) -> List[Dict[str, Any]]:
     fitted = FittedAccuracyModel.load(store)
@@ -181,13 +204,15 @@ def _tp_prune(teacher: nn.Module, target_params: int) -> nn.Module:
     return best
 
 
-def _tp_finetune(student: nn.Module, teacher: nn.Module, train: Any, seconds: float, lr: float) -> Dict[str, Any]:
-    """Fine-tune with KD + CE for about ``seconds``: the step count is fixed from the first
-    steps' time, so the cosine schedule runs to its end."""
+def _tp_finetune(student: nn.Module, teacher: nn.Module, train: Any, seconds: float, lr: float,
+                 steps: Optional[int] = None) -> Dict[str, Any]:
+    """Fine-tune with KD + CE for ``steps`` steps, or (``steps=None``) for about ``seconds``:
+    the step count is then fixed from the first steps' time, so the cosine schedule runs
+    to its end."""
     student = student.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     teacher.eval()
-    steps, done, start = None, 0, time.perf_counter()
+    done, start = 0, time.perf_counter()
     probe = 10
     while steps is None or done < steps:
         for x, y in train:
@@ -382,14 +407,12 @@ def main() -> None:
     result["timings_s"] = timings
 
     fitted_on = set(sample_compositions(bm.block_names, bm.block_sparsity, args.fit_compositions, 0))
+    if "profile_accuracy" not in result["teacher"]:  # a work folder from before it was recorded
+        result["teacher"]["profile_accuracy"] = _accuracy(teacher, profile_b)
     for name, rows in result["evaluation"].items():
-        errors = [r["measured"] - r["estimated"] for r in rows]
-        held = [e for r, e in zip(rows, errors) if tuple(r["sparsities"]) not in fitted_on]
-        result[f"estimate_{name}"] = {
-            "mean_abs_error": sum(map(abs, errors)) / len(errors), "max_abs_error": max(map(abs, errors)),
-            "n": len(errors), "n_in_fit": len(errors) - len(held), "profile_on": args.profile_on,
-            "heldout_mean_abs_error": sum(map(abs, held)) / len(held) if held else None,
-            "heldout_max_abs_error": max(map(abs, held)) if held else None}
+        result[f"estimate_{name}"] = {**estimate_errors(rows, fitted_on, result["teacher"]["accuracy"],
+                                                        result["teacher"]["profile_accuracy"]),
+                                      "profile_on": args.profile_on}
     result["estimate"] = result["estimate_composed"]
     (work / "results.json").write_text(json.dumps(result, indent=1))
     table = _table(result)
@@ -400,7 +423,9 @@ def main() -> None:
         held = (f"; the {e['n'] - e['n_in_fit']} not in the fit: mean {100 * e['heldout_mean_abs_error']:.2f}, "
                 f"max {100 * e['heldout_max_abs_error']:.2f}") if e["heldout_mean_abs_error"] is not None else ""
         lines.append(f"{name}: estimate error over {e['n']} compositions on the test images: mean "
-                     f"{100 * e['mean_abs_error']:.2f}, max {100 * e['max_abs_error']:.2f} points{held} "
+                     f"{100 * e['mean_abs_error']:.2f}, max {100 * e['max_abs_error']:.2f} points{held}; "
+                     f"as drops from the teacher: mean {100 * e['drop_mean_abs_error']:.2f}, "
+                     f"max {100 * e['drop_max_abs_error']:.2f} "
                      f"(cross-validated on the profile images: mean {100 * cv['cv_mean_abs_error']:.2f}, "
                      f"max {100 * cv['cv_max_abs_error']:.2f})")
     lines.append("stage wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))

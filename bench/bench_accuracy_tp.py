@@ -1,12 +1,13 @@
 """The Torch-Pruning stage of ``bench_accuracy.py`` alone, to run beside the legodnn stages.
 
-    python bench/bench_accuracy_tp.py --cache CACHE --work runs/bench_accuracy --seconds 2028 --threads 1
+    python bench/bench_accuracy_tp.py --cache CACHE --work runs/bench_accuracy --steps N03,N06,N08 --threads 1
 
 Writes the ``torch_pruning_<level>.json`` stage files that ``bench_accuracy.py`` reads
-instead of running them itself. ``--seconds`` is the total fine-tuning time of the three
-models; run after the block distillation stage, with twice its wall time, the baseline gets
-at least legodnn's retraining time (the composition stage costs at most as much as the
-block stage), without waiting for the legodnn stages to end.
+instead of running them itself. The budget is the wall time of legodnn's two retraining
+stages on an idle machine, split over the three models: ``--steps`` gives it as the step
+counts that ``bench_stage_cost.py --tp-probe`` measured to fill that time (step counts do
+not depend on how loaded the machine is while this runs); ``--seconds`` gives it as a
+total time instead, measured from this run's own first steps.
 """
 
 from __future__ import annotations
@@ -31,7 +32,11 @@ def main() -> None:
     p.add_argument("--archive", type=Path, default=cifar10_jpg.DEFAULT_ARCHIVE)
     p.add_argument("--teacher", type=Path, default=Path(__file__).parent / "weights" / "cifar10_resnet18_w16.safetensors")
     p.add_argument("--work", type=Path, required=True)
-    p.add_argument("--seconds", type=float, required=True, help="total fine-tuning time of the three models")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--seconds", type=float, help="total fine-tuning time of the three models")
+    budget.add_argument("--steps", type=lambda v: [int(n) for n in v.split(",")],
+                        help="fine-tuning steps of the models at 0.3,0.6,0.8 (from bench_stage_cost.py --tp-probe: "
+                             "the steps that take the idle machine the wall time of legodnn's two stages)")
     p.add_argument("--retrain-images", type=int, default=20000)
     p.add_argument("--tp-lr", type=float, default=0.01)
     p.add_argument("--threads", type=int, default=1)
@@ -50,7 +55,8 @@ def main() -> None:
             pruned = ba._tp_prune(teacher, target)
             params, flops = ba._params_flops(mm, pruned)
             before = ba._accuracy(pruned, test_b)
-            run = ba._tp_finetune(pruned, teacher, train_b, args.seconds / len(ba.LEVELS), args.tp_lr)
+            steps = args.steps[ba.LEVELS.index(level)] if args.steps else None
+            run = ba._tp_finetune(pruned, teacher, train_b, (args.seconds or 0.0) / len(ba.LEVELS), args.tp_lr, steps)
             return {"level": level, "params": params, "flops": flops, "target_params": target,
                     "accuracy_before_finetune": before, "accuracy": ba._accuracy(pruned, test_b), **run}
 
