@@ -80,8 +80,9 @@ ZOO: Dict[str, Entry] = {
     "tm_dla34": Entry(tm("dla34"), 64, 0.97, 0.75),
     "tm_nf_resnet26": Entry(tm("nf_resnet26"), 64, 0.8, 0.69),  # ScaledStdConv2d with gains
     "tm_convnext_atto": Entry(tm("convnext_atto"), 64, 0.99, 0.70),  # conv MLPs
-    # one-shot aggregation: one OSA module holds 8 convs, more than 0.125 x 41 allows
-    "tm_ese_vovnet19b_dw": Entry(tm("ese_vovnet19b_dw"), 64, 0.54, 0.45),
+    # one-shot aggregation: an OSA module holds 9 convs, more than 0.125 x 41 = 5 allows, and is
+    # pruned only whole: a larger block (up to twice the limit)
+    "tm_ese_vovnet19b_dw": Entry(tm("ese_vovnet19b_dw"), 64, 0.95, 0.70),
     "tm_ese_vovnet19b_dw_r25": Entry(tm("ese_vovnet19b_dw"), 64, 0.99, 0.73, ratio=0.25),
     "tm_levit_128s": Entry(tm("levit_128s", img_size=64), 64, 0.99, 0.00),  # non-persistent buffers
     "tm_resnet26d": Entry(tm("resnet26d"), 64, 0.8, 0.70, slow=True),
@@ -95,14 +96,13 @@ ZOO: Dict[str, Entry] = {
     # channel split + concat (Res2Net), radix split attention (ResNeSt: a bottleneck holds 5-6
     # convs, more than 0.125 x 27 allows; at 0.25 every one is a block)
     "tm_res2net50_26w_4s": Entry(tm("res2net50_26w_4s"), 64, 0.99, 0.73, slow=True),
-    "tm_resnest14d": Entry(tm("resnest14d"), 64, 0.67, 0.40, slow=True),
+    "tm_resnest14d": Entry(tm("resnest14d"), 64, 0.90, 0.70, slow=True),
     "tm_resnest14d_r25": Entry(tm("resnest14d"), 64, 0.99, 0.81, slow=True, ratio=0.25),
     # re-parameterisable branches: refused in the training form, pruned once fused
     "tm_repvgg_a2": Entry(tm("repvgg_a2"), 64, 0.0, 0.0, slow=True, refused=LegoDNNError),
     "tm_repvgg_a2_fused": Entry(tm("repvgg_a2", fused=True), 64, 0.99, 0.82, slow=True),
-    # MobileVitBlock's forward branches on its input's size: fx cannot trace it, so only
-    # its transformer's MLPs (traced as parts of their own) and the convs around are blocks
-    "tm_mobilevit_xxs": Entry(tm("mobilevit_xxs"), 64, 0.09, 0.23, slow=True),
+    # MobileVitBlock's forward branches on its input's size: traced for that size (meta device)
+    "tm_mobilevit_xxs": Entry(tm("mobilevit_xxs"), 64, 0.95, 0.55, slow=True),
     "tm_convnext_tiny": Entry(tm("convnext_tiny"), 64, 0.99, 0.73, slow=True),
     "tm_swin_tiny": Entry(tm("swin_tiny_patch4_window7_224", img_size=64, window_size=2), 64, 0.99, 0.49, slow=True),
     "tm_vit_tiny": Entry(tm("vit_tiny_patch16_224", img_size=64), 64, 0.0, 0.50, slow=True),
