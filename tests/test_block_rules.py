@@ -28,12 +28,7 @@ from legodnn.blockmanager.tracing import check_traced_size
 SPARSITIES = [0.0, 0.3, 0.6, 0.8]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def cbr(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:

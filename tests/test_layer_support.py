@@ -22,13 +22,7 @@ from legodnn.blockmanager.measure import count_params
 SPARSITIES = [0.0, 0.3, 0.6, 0.8]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small inputs gain nothing from a second thread, and lose much when the cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _outputs(model: nn.Module, x: Any) -> list:

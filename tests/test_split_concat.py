@@ -25,12 +25,7 @@ from legodnn.blockmanager.measure import count_params
 LEVELS = [0.0, 0.3, 0.5, 0.8]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Res2Block(nn.Module):

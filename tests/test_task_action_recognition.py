@@ -27,9 +27,7 @@ SMALL = {"c3d_tiny": {}, "tsn_resnet18": {"base_width": 8}, "r3d_18": {"base_wid
          "r2plus1d_18": {"base_width": 8}}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -29,14 +29,7 @@ from cv_tasks.pipeline import run_pipeline
 SIZE = 64  # test image side: small enough that every detector runs in well under a second
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Detectors on 64 px images gain little from a second thread, and lose much when the
-    cores are shared; the previous setting is restored for the tests after these."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -47,13 +47,7 @@ SMALL: Dict[str, Dict[str, Any]] = {
 TORCHVISION_TWINS = ("fcn_resnet50", "deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are small: one thread is as fast, and does not stall on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_every_registered_segmenter_has_a_small_variant() -> None:

@@ -109,13 +109,7 @@ ZOO: Dict[str, Entry] = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small inputs gain nothing from a second thread, and lose much when the cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run(model: nn.Module, x: torch.Tensor) -> list:
