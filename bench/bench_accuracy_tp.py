@@ -1,13 +1,15 @@
 """The Torch-Pruning stage of ``bench_accuracy.py`` alone, to run beside the legodnn stages.
 
-    python bench/bench_accuracy_tp.py --cache CACHE --work runs/bench_accuracy --steps N03,N06,N08 --threads 1
+    python bench/bench_accuracy_tp.py --cache CACHE --work runs/bench_accuracy --seconds 3680 --threads 1
 
 Writes the ``torch_pruning_<level>.json`` stage files that ``bench_accuracy.py`` reads
 instead of running them itself. The budget is the wall time of legodnn's two retraining
-stages on an idle machine, split over the three models: ``--steps`` gives it as the step
-counts that ``bench_stage_cost.py --tp-probe`` measured to fill that time (step counts do
-not depend on how loaded the machine is while this runs); ``--seconds`` gives it as a
-total time instead, measured from this run's own first steps.
+stages on an idle machine (``bench_stage_cost.py``: 8 block epochs and 4 composition
+epochs, 3,680 s), split equally over the three models: ``--seconds`` gives that total,
+and each model's step count is fixed from its own first ten steps, so its cosine
+schedule runs to the end (run it on an idle machine, or with at most one other
+single-thread job on this 2-core one). ``--steps A,B,C`` replays the step counts a run
+recorded, whatever the load.
 """
 
 from __future__ import annotations
@@ -35,8 +37,7 @@ def main() -> None:
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--seconds", type=float, help="total fine-tuning time of the three models")
     budget.add_argument("--steps", type=lambda v: [int(n) for n in v.split(",")],
-                        help="fine-tuning steps of the models at 0.3,0.6,0.8 (from bench_stage_cost.py --tp-probe: "
-                             "the steps that take the idle machine the wall time of legodnn's two stages)")
+                        help="fine-tuning steps of the models at 0.3,0.6,0.8, as a run recorded them")
     p.add_argument("--retrain-images", type=int, default=20000)
     p.add_argument("--tp-lr", type=float, default=0.01)
     p.add_argument("--threads", type=int, default=1)
@@ -47,6 +48,8 @@ def main() -> None:
     mm = CommonModelManager()
     bm = AutoBlockManager(ba.SPARSITIES, teacher, mm, ba.SIZE, verbose=False)
     store = args.work / "compressed"
+    if not store.exists():  # only the descendants' sizes are needed: extraction alone gives them
+        bm.extract_all_blocks(str(store))
     for level in ba.LEVELS:
         model = bm.compose({n: bm.load_descendant(str(store), n, level) for n in bm.block_names})
         target = ba._params_flops(mm, model)[0]

@@ -14,14 +14,6 @@ busy: a loaded machine slows the composition stage (whole-model graphs, four per
 step) far more than block distillation (one block's graph at a time).
 
 Writes ``bench/results_stage_cost.json`` (``--out``).
-
-``--tp-probe`` (after a run of the above) measures what the Torch-Pruning baseline may
-spend in the same wall time: it times ``--probe-steps`` block-distillation steps and as
-many fine-tuning steps of each Torch-Pruning model (pruned to each level's parameter
-count) in one process, scales them by the idle block-epoch time recorded in ``--out``
-(a ratio measured in one run, so it holds on a busy machine too), and writes the step
-counts that fill legodnn's two stages' idle wall time, split over the three models, for
-``bench_accuracy_tp.py --steps``.
 """
 
 from __future__ import annotations
@@ -35,7 +27,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
 
 import torch
 
@@ -59,16 +50,11 @@ def main() -> None:
     p.add_argument("--composition-epochs", type=int, default=4, help="the accuracy bench's composition epochs")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results_stage_cost.json")
-    p.add_argument("--tp-probe", action="store_true", help="the Torch-Pruning step counts of equal wall time")
-    p.add_argument("--probe-steps", type=int, default=20)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     data = ba.load_bench_data(args.cache, args.archive, args.teacher, args.retrain_images)
     mm = CommonModelManager()
     bm = AutoBlockManager(ba.SPARSITIES, data.teacher, mm, ba.SIZE, verbose=False)
-    if args.tp_probe:
-        tp_probe(args, data, bm, mm)
-        return
     block_s, comp_s = [], []
     with tempfile.TemporaryDirectory(prefix="legodnn-stage-cost-") as tmp:
         work = Path(tmp)
@@ -101,46 +87,6 @@ def main() -> None:
     tmp_out.replace(args.out)
     print(f"one composition epoch = {result['epoch_ratio']:.2f} block epochs; {args.composition_epochs} composition "
           f"epochs cost {result['stage_ratio']:.2f}x the {args.block_epochs} block epochs")
-
-
-def tp_probe(args: argparse.Namespace, data: "ba.BenchData", bm: AutoBlockManager, mm: CommonModelManager) -> None:
-    """Torch-Pruning's equal-time step counts, from a block-step baseline timed in this run."""
-    recorded = json.loads(args.out.read_text())
-    steps_per_epoch = len(data.train_b)
-    idle_block_step = statistics.median(recorded["block_epoch_s"]) / steps_per_epoch
-    legodnn_s = (recorded["block_epochs"] * statistics.median(recorded["block_epoch_s"])
-                 + recorded["composition_epochs"] * statistics.median(recorded["composition_epoch_s"]))
-    batches = []
-    for batch in data.train_b:
-        batches.append(batch)
-        if len(batches) == args.probe_steps:
-            break
-    with tempfile.TemporaryDirectory(prefix="legodnn-stage-cost-") as tmp:
-        work = Path(tmp)
-        bm.extract_all_blocks(str(work / "compressed"))
-        targets = {level: ba._params_flops(mm, bm.compose({n: bm.load_descendant(str(work / "compressed"), n, level)
-                                                           for n in bm.block_names}))[0] for level in ba.LEVELS}
-        pruned = {level: ba._tp_prune(data.teacher, target) for level, target in targets.items()}
-        probe: Dict[str, List[float]] = {"block": [], **{f"{level:g}": [] for level in ba.LEVELS}}
-        for rep in range(2):  # alternating, so a change of load hits both
-            t = time.perf_counter()
-            BlockRetrainer(data.teacher, bm, mm, str(work / "compressed"), str(work / f"block{rep}"), 1, batches,
-                           batches[:1], verbose=False, composition_epochs=0).train_all_blocks()
-            probe["block"].append((time.perf_counter() - t) / args.probe_steps)
-            for level, model in pruned.items():
-                run = ba._tp_finetune(model, data.teacher, batches, 0.0, 0.01, steps=args.probe_steps)
-                probe[f"{level:g}"].append(run["seconds"] / args.probe_steps)
-    scale = idle_block_step / statistics.median(probe["block"])
-    steps = {f"{level:g}": int(legodnn_s / len(ba.LEVELS) / (statistics.median(probe[f"{level:g}"]) * scale))
-             for level in ba.LEVELS}
-    recorded["tp_probe"] = {"probe_step_s": probe, "idle_block_step_s": idle_block_step, "scale_to_idle": scale,
-                            "legodnn_retraining_s": legodnn_s, "equal_time_steps": steps,
-                            "load_average_at_end": os.getloadavg()[0]}
-    tmp_out = args.out.with_suffix(".tmp")
-    tmp_out.write_text(json.dumps(recorded, indent=1))
-    tmp_out.replace(args.out)
-    print(f"legodnn's two stages: {legodnn_s:.0f} s idle; Torch-Pruning steps of equal time per model "
-          f"(0.3,0.6,0.8): {','.join(str(n) for n in steps.values())}")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,13 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
 
 import cv_tasks
-from legodnn import AutoBlockManager, BlockProfiler, CommonModelManager, LatencyEstimator, OnDeviceRuntime
+from legodnn import (
+    AutoBlockManager,
+    BlockProfiler,
+    CommonModelManager,
+    LatencyEstimator,
+    OnDeviceRuntime,
+)
 from legodnn.blockmanager import switcher as switcher_module
 from legodnn.online.runtime import Budget
 

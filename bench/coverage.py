@@ -107,6 +107,8 @@ MODELS: Dict[str, Tuple[Callable[[], nn.Module], Tuple[int, ...]]] = {
     # channels-last and hybrid models
     "tv_convnext_tiny": (_tv("convnext_tiny"), (1, 3, 224, 224)),
     "tv_maxvit_t": (_tv("maxvit_t"), (1, 3, 224, 224)),
+    "tv_swin_t": (_tv("swin_t"), (1, 3, 224, 224)),
+    "tv_swin_v2_t": (_tv("swin_v2_t"), (1, 3, 224, 224)),
     # timm models named in issue 14
     "tm_res2net50_26w_4s": (_tm("res2net50_26w_4s"), (1, 3, 224, 224)),
     "tm_resnest14d": (_tm("resnest14d"), (1, 3, 224, 224)),
@@ -118,6 +120,7 @@ MODELS: Dict[str, Tuple[Callable[[], nn.Module], Tuple[int, ...]]] = {
     "tm_mobilevit_xxs": (_tm("mobilevit_xxs"), (1, 3, 256, 256)),
     "tm_nf_resnet26": (_tm("nf_resnet26"), (1, 3, 224, 224)),
     "tm_levit_128s": (_tm("levit_128s"), (1, 3, 224, 224)),
+    "tm_tresnet_m": (_tm("tresnet_m"), (1, 3, 224, 224)),
 }
 
 
@@ -143,7 +146,7 @@ def measure(name: str, ratio: float) -> dict:
 
 
 def markdown(results: Dict[str, dict], ratio: float, threads: int) -> List[str]:
-    lines = [f"| model | input | convs | max/block | largest | blocks | coverage | cut at all-0.8 | find s | extract s |",
+    lines = ["| model | input | convs | max/block | largest | blocks | coverage | cut at all-0.8 | find s | extract s |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
         size = "x".join(str(d) for d in MODELS[name][1][2:])

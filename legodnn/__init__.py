@@ -48,17 +48,44 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 if TYPE_CHECKING:  # the names for type checkers and editors; at run time they load on use
-    from .model_manager.abstract_model_manager import AbstractModelManager as AbstractModelManager  # noqa: F401
     from .blockmanager.auto_block_manager import AutoBlockManager as AutoBlockManager  # noqa: F401
-    from .offline.profiles import BlockProfile as BlockProfile, ModelProfile as ModelProfile  # noqa: F401
-    from .offline.block_profiler import BlockProfiler as BlockProfiler  # noqa: F401
-    from .offline.block_retrainer import BlockRetrainer as BlockRetrainer  # noqa: F401
     from .blockmanager.specs import BlockSpec as BlockSpec, DescendantSpec as DescendantSpec  # noqa: F401
     from .blockmanager.store import BlockStore as BlockStore  # noqa: F401
-    from .blockmanager.switcher import BlockSwitcher as BlockSwitcher, LegoModel as LegoModel, SwitchResult as SwitchResult  # noqa: F401
-    from .online.runtime import Budget as Budget, OnDeviceRuntime as OnDeviceRuntime  # noqa: F401
+    from .blockmanager.switcher import (  # noqa: F401
+        BlockSwitcher as BlockSwitcher,
+        LegoModel as LegoModel,
+        SwitchResult as SwitchResult,
+    )
+    from .errors import (  # noqa: F401
+        ArgumentTypeError as ArgumentTypeError,
+        CorruptedStoreError as CorruptedStoreError,
+        DeviceUnavailableError as DeviceUnavailableError,
+        FingerprintMismatchError as FingerprintMismatchError,
+        InvalidArgumentError as InvalidArgumentError,
+        InvalidDataError as InvalidDataError,
+        InvalidProblemError as InvalidProblemError,
+        InvalidProfileError as InvalidProfileError,
+        InvalidSparsityError as InvalidSparsityError,
+        LegoDNNError as LegoDNNError,
+        NoBlocksError as NoBlocksError,
+        NotOursError as NotOursError,
+        StaleProfileError as StaleProfileError,
+        StoreError as StoreError,
+        TraceError as TraceError,
+    )
+    from .model_manager.abstract_model_manager import AbstractModelManager as AbstractModelManager  # noqa: F401
     from .model_manager.common_model_manager import CommonModelManager as CommonModelManager  # noqa: F401
-    from .online.optimizer import InfeasibleBudgetError as InfeasibleBudgetError, OptimizationResult as OptimizationResult, ScalingOptimizer as ScalingOptimizer  # noqa: F401
-    from .online.latency import LatencyEstimator as LatencyEstimator, LatencyProfile as LatencyProfile  # noqa: F401
+    from .offline.block_profiler import BlockProfiler as BlockProfiler  # noqa: F401
+    from .offline.block_retrainer import BlockRetrainer as BlockRetrainer  # noqa: F401
+    from .offline.profiles import BlockProfile as BlockProfile, ModelProfile as ModelProfile  # noqa: F401
+    from .online.latency import (  # noqa: F401
+        LatencyEstimator as LatencyEstimator,
+        LatencyProfile as LatencyProfile,
+    )
     from .online.onnx_export import export_onnx as export_onnx  # noqa: F401
-    from .errors import ArgumentTypeError as ArgumentTypeError, CorruptedStoreError as CorruptedStoreError, DeviceUnavailableError as DeviceUnavailableError, FingerprintMismatchError as FingerprintMismatchError, InvalidArgumentError as InvalidArgumentError, InvalidDataError as InvalidDataError, InvalidProblemError as InvalidProblemError, InvalidProfileError as InvalidProfileError, InvalidSparsityError as InvalidSparsityError, LegoDNNError as LegoDNNError, NoBlocksError as NoBlocksError, NotOursError as NotOursError, StaleProfileError as StaleProfileError, StoreError as StoreError, TraceError as TraceError  # noqa: F401
+    from .online.optimizer import (  # noqa: F401
+        InfeasibleBudgetError as InfeasibleBudgetError,
+        OptimizationResult as OptimizationResult,
+        ScalingOptimizer as ScalingOptimizer,
+    )
+    from .online.runtime import Budget as Budget, OnDeviceRuntime as OnDeviceRuntime  # noqa: F401

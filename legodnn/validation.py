@@ -21,7 +21,12 @@ from typing import Any, Iterable, Optional, Sequence, Tuple
 
 import torch
 
-from .errors import ArgumentTypeError, DeviceUnavailableError, InvalidArgumentError, InvalidDataError
+from .errors import (
+    ArgumentTypeError,
+    DeviceUnavailableError,
+    InvalidArgumentError,
+    InvalidDataError,
+)
 
 __all__ = [
     "check_int",

@@ -20,7 +20,13 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 from zoo import build
 
-from legodnn import AutoBlockManager, BlockProfiler, BlockRetrainer, CommonModelManager, LatencyEstimator
+from legodnn import (
+    AutoBlockManager,
+    BlockProfiler,
+    BlockRetrainer,
+    CommonModelManager,
+    LatencyEstimator,
+)
 from legodnn.online.cli import main
 from legodnn.online.runtime import OnDeviceRuntime
 

@@ -15,7 +15,11 @@ from zoo import build
 from legodnn import AutoBlockManager, BlockSwitcher, CommonModelManager, LegoDNNError
 from legodnn.errors import StoreError
 from legodnn.offline import BlockProfiler, BlockRetrainer, CompositionRetrainer
-from legodnn.offline.accuracy_fit import FittedAccuracyModel, MeasuredComposition, fit_accuracy_model
+from legodnn.offline.accuracy_fit import (
+    FittedAccuracyModel,
+    MeasuredComposition,
+    fit_accuracy_model,
+)
 from legodnn.offline.composition import SandwichSampler, distillation_loss
 from legodnn.online.solver import ScalingProblem, brute_force, solve
 
@@ -341,7 +345,11 @@ def test_validation_set_of_a_small_model_is_finite() -> None:
 def test_batchnorm_recalibration_per_level(tmp_path: Path) -> None:
     """Each descendant's BatchNorm ends with the plain mean of the batch statistics it saw
     beside its own level; every other tensor, and the teacher's blocks, stay as they were."""
-    from legodnn.offline.bn_calibration import level_compositions, recalibrate_batchnorm, recalibrate_store
+    from legodnn.offline.bn_calibration import (
+        level_compositions,
+        recalibrate_batchnorm,
+        recalibrate_store,
+    )
     from legodnn.offline.composition import SwitchableModel
 
     model = build("cifar_resnet18")

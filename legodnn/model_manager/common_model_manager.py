@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from legodnn.model_manager.abstract_model_manager import AbstractModelManager, Device
 from legodnn.errors import InvalidArgumentError, InvalidDataError
+from legodnn.model_manager.abstract_model_manager import AbstractModelManager, Device
 
 __all__ = ["CommonModelManager", "TopKAccuracy"]
 

@@ -21,8 +21,21 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # the names for type checkers and editors; at run time they load on use
-    from .block_profiler import AccuracyModelReport as AccuracyModelReport, BlockProfiler as BlockProfiler  # noqa: F401
+    from .accuracy_fit import (  # noqa: F401
+        FittedAccuracyModel as FittedAccuracyModel,
+        MeasuredComposition as MeasuredComposition,
+        fit_accuracy_model as fit_accuracy_model,
+    )
+    from .block_profiler import (  # noqa: F401
+        AccuracyModelReport as AccuracyModelReport,
+        BlockProfiler as BlockProfiler,
+    )
+    from .block_retrainer import (  # noqa: F401
+        BlockRetrainer as BlockRetrainer,
+        default_optimizer as default_optimizer,
+    )
+    from .composition_retrainer import (  # noqa: F401
+        CompositionHistory as CompositionHistory,
+        CompositionRetrainer as CompositionRetrainer,
+    )
     from .profiles import BlockProfile as BlockProfile, ModelProfile as ModelProfile  # noqa: F401
-    from .block_retrainer import BlockRetrainer as BlockRetrainer, default_optimizer as default_optimizer  # noqa: F401
-    from .composition_retrainer import CompositionHistory as CompositionHistory, CompositionRetrainer as CompositionRetrainer  # noqa: F401
-    from .accuracy_fit import FittedAccuracyModel as FittedAccuracyModel, MeasuredComposition as MeasuredComposition, fit_accuracy_model as fit_accuracy_model  # noqa: F401

@@ -12,7 +12,6 @@ single process measures; rank 0 writes the files.
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import logging
 import math
@@ -31,7 +30,13 @@ from ..blockmanager.measure import count_bytes
 from ..blockmanager.partition import BLOCK_PREFIX
 from ..blockmanager.store import ACCURACY_MODEL_CHOICE, atomic_write_text
 from ..errors import LegoDNNError
-from ..validation import check_device, check_first_batch, check_input_size, check_int, warn_if_ignored_teacher
+from ..validation import (
+    check_device,
+    check_first_batch,
+    check_input_size,
+    check_int,
+    warn_if_ignored_teacher,
+)
 from .accuracy_fit import (
     ACCURACY_ESTIMATE_JSON,
     MeasuredComposition,

@@ -22,19 +22,52 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..blockmanager.auto_block_manager import AutoBlockManager
 from ..blockmanager.atomic import write_text_atomic
+from ..blockmanager.auto_block_manager import AutoBlockManager
 from ..blockmanager.store import claim_path, mark_work_dir, sparsity_tag
 from ..errors import InvalidArgumentError, LegoDNNError
-from ..validation import check_bool, check_device, check_first_batch, check_int, warn_if_ignored_teacher
+from ..validation import (
+    check_bool,
+    check_device,
+    check_first_batch,
+    check_int,
+    warn_if_ignored_teacher,
+)
 from .capture import capture_block_io
-from .checkpoints import (CheckpointClock, CheckpointFolder, check_checkpoint_options, resume_epoch, set_rng_state,
-                          share_rng_state)
-from .distributed import Ranks, SplitBatches, balanced_split, check_parallel, current_ranks, shard_loader, start_epoch
+from .checkpoints import (
+    CheckpointClock,
+    CheckpointFolder,
+    check_checkpoint_options,
+    resume_epoch,
+    set_rng_state,
+    share_rng_state,
+)
+from .composition_retrainer import (
+    CompositionHistory,
+    CompositionStage,
+    _class_labels,
+    _flatten,
+    _key_name,
+    _unflatten,
+)
+from .distributed import (
+    Ranks,
+    SplitBatches,
+    balanced_split,
+    check_parallel,
+    current_ranks,
+    shard_loader,
+    start_epoch,
+)
 from .guards import finite_loss
-from .composition_retrainer import CompositionHistory, CompositionStage, _class_labels, _flatten, _key_name, _unflatten
 from .holdout import split_holdout
-from .precision import LossScaler, pin_memory, record_precision, resolve_precision, restore_precision
+from .precision import (
+    LossScaler,
+    pin_memory,
+    record_precision,
+    resolve_precision,
+    restore_precision,
+)
 from .sync_batchnorm import convert_batchnorm
 from .trained_store import write_trained_store
 

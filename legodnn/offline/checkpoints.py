@@ -42,7 +42,12 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 
-from ..blockmanager.atomic import remove_stale_temps, save_torch_atomic, write_tensors_atomic, write_text_atomic
+from ..blockmanager.atomic import (
+    remove_stale_temps,
+    save_torch_atomic,
+    write_tensors_atomic,
+    write_text_atomic,
+)
 from ..errors import LegoDNNError
 from ..validation import check_float, check_int
 from .distributed import Ranks

@@ -42,8 +42,14 @@ from ..blockmanager.auto_block_manager import AutoBlockManager
 from ..blockmanager.store import claim_path, mark_work_dir
 from ..errors import LegoDNNError
 from ..validation import check_bool
-from .checkpoints import (CheckpointClock, CheckpointFolder, check_checkpoint_options, resume_epoch, set_rng_state,
-                          share_rng_state)
+from .checkpoints import (
+    CheckpointClock,
+    CheckpointFolder,
+    check_checkpoint_options,
+    resume_epoch,
+    set_rng_state,
+    share_rng_state,
+)
 from .composition import SandwichSampler, SwitchableModel, distillation_loss
 from .distributed import SplitBatches, batch_len, current_ranks, shard_loader, start_epoch
 from .guards import finite_loss

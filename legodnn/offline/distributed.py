@@ -321,7 +321,20 @@ class ShardSampler(Sampler[int]):
         return len(range(self.rank, self.n, self.world_size))
 
 
-class RankStrided:
+class _RankView:
+    """One rank's view of the batches of a user's loader, which a checkpoint still
+    reaches through :attr:`wrapped_loader` (for the loader's own random generators)."""
+
+    def __init__(self, base: Iterable[Any], rank: int, world_size: int) -> None:
+        self.base, self.rank, self.world_size = base, rank, world_size
+
+    @property
+    def wrapped_loader(self) -> Iterable[Any]:
+        """The user's loader, whose own generators a checkpoint records."""
+        return self.base
+
+
+class RankStrided(_RankView):
     """Batches ``rank, rank + world, ...`` of an iterable that is not a plain ``DataLoader``
     (a list of batches, a loader with a custom sampler).
 
@@ -332,12 +345,8 @@ class RankStrided:
     """
 
     def __init__(self, base: Iterable[Any], rank: int, world_size: int, whole_rounds: bool) -> None:
-        self.base, self.rank, self.world_size, self.whole_rounds = base, rank, world_size, whole_rounds
-
-    @property
-    def wrapped_loader(self) -> Iterable[Any]:
-        """The user's loader, whose own generators a checkpoint records."""
-        return self.base
+        super().__init__(base, rank, world_size)
+        self.whole_rounds = whole_rounds
 
     def __iter__(self) -> Iterator[Any]:
         mine, pending = None, False
@@ -357,7 +366,7 @@ class RankStrided:
         return len(range(self.rank, n, self.world_size))
 
 
-class SplitBatches:
+class SplitBatches(_RankView):
     """Rank ``r``'s slice of every batch of ``base``: samples ``[r * n // N, (r + 1) * n // N)``
     of a batch of ``n`` (:func:`split_batch`).
 
@@ -372,12 +381,8 @@ class SplitBatches:
     """
 
     def __init__(self, base: Iterable[Any], rank: int, world_size: int, train: bool) -> None:
-        self.base, self.rank, self.world_size, self.train = base, rank, world_size, train
-
-    @property
-    def wrapped_loader(self) -> Iterable[Any]:
-        """The user's loader, whose own generators a checkpoint records."""
-        return self.base
+        super().__init__(base, rank, world_size)
+        self.train = train
 
     def __iter__(self) -> Iterator[Any]:
         for batch in self.base:

@@ -24,8 +24,20 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # the names for type checkers and editors; at run time they load on use
-    from .latency import BlockLatency as BlockLatency, LatencyEstimator as LatencyEstimator, LatencyProfile as LatencyProfile  # noqa: F401
-    from .runtime import Budget as Budget, OnDeviceRuntime as OnDeviceRuntime, memory_budget_source as memory_budget_source  # noqa: F401
-    from .optimizer import InfeasibleBudgetError as InfeasibleBudgetError, OptimizationResult as OptimizationResult, ScalingOptimizer as ScalingOptimizer  # noqa: F401
+    from .latency import (  # noqa: F401
+        BlockLatency as BlockLatency,
+        LatencyEstimator as LatencyEstimator,
+        LatencyProfile as LatencyProfile,
+    )
     from .onnx_export import OnnxRunner as OnnxRunner, export_onnx as export_onnx  # noqa: F401
+    from .optimizer import (  # noqa: F401
+        InfeasibleBudgetError as InfeasibleBudgetError,
+        OptimizationResult as OptimizationResult,
+        ScalingOptimizer as ScalingOptimizer,
+    )
+    from .runtime import (  # noqa: F401
+        Budget as Budget,
+        OnDeviceRuntime as OnDeviceRuntime,
+        memory_budget_source as memory_budget_source,
+    )
     from .solver import ScalingProblem as ScalingProblem, Solution as Solution, solve as solve  # noqa: F401

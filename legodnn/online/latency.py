@@ -26,7 +26,13 @@ from tqdm.auto import tqdm
 
 from ..blockmanager.auto_block_manager import AutoBlockManager
 from ..errors import InvalidArgumentError
-from ..validation import check_choice, check_device, check_input_size, check_int, warn_if_ignored_manager
+from ..validation import (
+    check_choice,
+    check_device,
+    check_input_size,
+    check_int,
+    warn_if_ignored_manager,
+)
 from ..version import __version__
 from .latency_profile import LATENCY_JSON, BlockLatency, LatencyProfile, device_description
 
