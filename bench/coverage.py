@@ -1,7 +1,8 @@
 """Blocks, conv-parameter coverage, parameter cut at all-0.8 and extraction time per model.
 
 "max/block" is the block-size limit, "largest" the most convs in one block (above the
-limit for a module that is pruned only whole, up to twice it).
+limit for a module that is pruned only whole, up to twice it); "linear coverage" the
+share of the ``nn.Linear`` parameters inside blocks (MLP hidden widths; – where none).
 
     python bench/coverage.py [--ratio 0.125] [--models cifar_resnet18 tv_vgg16_bn ...] [--markdown docs/zoo.md]
 
@@ -109,6 +110,9 @@ MODELS: Dict[str, Tuple[Callable[[], nn.Module], Tuple[int, ...]]] = {
     "tv_maxvit_t": (_tv("maxvit_t"), (1, 3, 224, 224)),
     "tv_swin_t": (_tv("swin_t"), (1, 3, 224, 224)),
     "tv_swin_v2_t": (_tv("swin_v2_t"), (1, 3, 224, 224)),
+    "tv_vit_b_16": (_tv("vit_b_16"), (1, 3, 224, 224)),
+    "tv_efficientnet_b0": (_tv("efficientnet_b0"), (1, 3, 224, 224)),
+    "tv_regnet_y_400mf": (_tv("regnet_y_400mf"), (1, 3, 224, 224)),
     # timm models named in issue 14
     "tm_res2net50_26w_4s": (_tm("res2net50_26w_4s"), (1, 3, 224, 224)),
     "tm_resnest14d": (_tm("resnest14d"), (1, 3, 224, 224)),
@@ -121,6 +125,18 @@ MODELS: Dict[str, Tuple[Callable[[], nn.Module], Tuple[int, ...]]] = {
     "tm_nf_resnet26": (_tm("nf_resnet26"), (1, 3, 224, 224)),
     "tm_levit_128s": (_tm("levit_128s"), (1, 3, 224, 224)),
     "tm_tresnet_m": (_tm("tresnet_m"), (1, 3, 224, 224)),
+    # other common timm CNNs (issue 14's list of families)
+    "tm_resnet26d": (_tm("resnet26d"), (1, 3, 224, 224)),
+    "tm_efficientnet_b0": (_tm("efficientnet_b0"), (1, 3, 224, 224)),
+    "tm_mobilenetv3_large_100": (_tm("mobilenetv3_large_100"), (1, 3, 224, 224)),
+    "tm_dla34": (_tm("dla34"), (1, 3, 224, 224)),
+    "tm_cspresnet50": (_tm("cspresnet50"), (1, 3, 224, 224)),
+    "tm_regnetx_002": (_tm("regnetx_002"), (1, 3, 224, 224)),
+    "tm_rexnet_100": (_tm("rexnet_100"), (1, 3, 224, 224)),
+    "tm_dpn68": (_tm("dpn68"), (1, 3, 224, 224)),
+    "tm_convnext_atto": (_tm("convnext_atto"), (1, 3, 224, 224)),
+    "tm_swin_tiny_patch4_window7_224": (_tm("swin_tiny_patch4_window7_224"), (1, 3, 224, 224)),
+    "tm_vit_tiny_patch16_224": (_tm("vit_tiny_patch16_224"), (1, 3, 224, 224)),
 }
 
 
@@ -139,22 +155,28 @@ def measure(name: str, ratio: float) -> dict:
     extracted = time.perf_counter() - start
     smallest = m.compose({s.name: m.get_descendant(s.name, 0.8) for s in m.blocks})
     cut = 1 - count_params(smallest) / count_params(model)
+    inside = {id(mod) for s in m.blocks for mod in m.get_block(s.name).modules()}
+    linears = [mod for mod in model.modules() if isinstance(mod, nn.Linear)]
+    linear_params = sum(count_params(mod) for mod in linears)
+    linear_coverage = (sum(count_params(mod) for mod in linears if id(mod) in inside) / linear_params
+                       if linear_params else None)
     parts = ",".join(p.path or "<model>" for p in m.parts)
     return dict(blocks=len(m.blocks), convs=m.total_convs, max_convs=m.max_convs_per_block,
-                largest=max(s.num_convs for s in m.blocks), coverage=m.coverage,
+                largest=max(s.num_convs for s in m.blocks), coverage=m.coverage, linear_coverage=linear_coverage,
                 cut=cut, find_seconds=found, seconds=extracted, parts=parts, size=list(size))
 
 
 def markdown(results: Dict[str, dict], ratio: float, threads: int) -> List[str]:
-    lines = ["| model | input | convs | max/block | largest | blocks | coverage | cut at all-0.8 | find s | extract s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | input | convs | max/block | largest | blocks | coverage | linear coverage | cut at all-0.8 "
+             "| find s | extract s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
         size = "x".join(str(d) for d in MODELS[name][1][2:])
         if "refused" in r:
-            lines.append(f"| {name} | {size} | | | | refused | | | {r['seconds']:.1f} | |")
+            lines.append(f"| {name} | {size} | | | | refused | | | | {r['seconds']:.1f} | |")
         else:
+            lin = "–" if r["linear_coverage"] is None else f"{100 * r['linear_coverage']:.1f}%"
             lines.append(f"| {name} | {size} | {r['convs']} | {r['max_convs']} | {r['largest']} | {r['blocks']} | "
-                         f"{100 * r['coverage']:.1f}% | {100 * r['cut']:.1f}% | {r['find_seconds']:.1f} | "
+                         f"{100 * r['coverage']:.1f}% | {lin} | {100 * r['cut']:.1f}% | {r['find_seconds']:.1f} | "
                          f"{r['seconds']:.1f} |")
     return lines
 
@@ -167,7 +189,8 @@ def main(argv=None) -> Dict[str, dict]:
     parser.add_argument("--markdown", help="also write the table (markdown) to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"{'model':28s} {'convs':>5s} {'max/blk':>7s} {'largest':>7s} {'blocks':>6s} {'coverage':>8s} {'cut':>6s} "
+    print(f"{'model':28s} {'convs':>5s} {'max/blk':>7s} {'largest':>7s} {'blocks':>6s} {'coverage':>8s} {'linear':>7s} "
+          f"{'cut':>6s} "
           f"{'find s':>7s} {'extr s':>7s}")
     results = {}
     for name in args.models:
@@ -177,6 +200,7 @@ def main(argv=None) -> Dict[str, dict]:
             continue
         print(f"{name:28s} {r['convs']:5d} {r['max_convs']:7d} {r['largest']:7d} {r['blocks']:6d} "
               f"{100 * r['coverage']:7.1f}% "
+              f"{'–' if r['linear_coverage'] is None else format(100 * r['linear_coverage'], '6.1f') + '%':>7s} "
               f"{100 * r['cut']:5.1f}% {r['find_seconds']:7.1f} {r['seconds']:7.1f}", flush=True)
     if args.markdown:
         with open(args.markdown, "w") as f:

@@ -285,3 +285,33 @@ def test_tracing_leaves_the_model_untouched_and_retraces_alike(tmp_path: Path) -
     switcher = BlockSwitcher(tmp_path / "blocks", _ConstantScale())  # a fresh copy on the device
     switcher.switch([0.5] * len(bm.blocks))
     assert switcher.model(torch.rand(1, 3, 8, 8)).shape == (1, 4, 8, 8)
+
+
+class _LayerScaleBlock(nn.Module):
+    """One block ending in a layer scale: a parameter the graph reads with ``get_attr`` (as
+    ConvNeXt's layer scale, or Swin's attention its qkv weight)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv = nn.Conv2d(8, 16, 3, padding=1)
+        self.proj = nn.Conv2d(16, 8, 1)
+        self.scale = nn.Parameter(torch.rand(8, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        return x + self.scale * self.proj(torch.relu(self.conv(x)))
+
+
+def test_the_frame_keeps_no_teacher_tensor_that_only_a_block_reads() -> None:
+    from legodnn.blockmanager.partition import BLOCK_PREFIX
+
+    model = _LayerScaleBlock().eval()
+    m = AutoBlockManager(SPARSITIES, model, None, (1, 3, 8, 8), 1.0, verbose=False)
+    (spec,) = m.blocks
+    composed = m.compose({spec.name: m.get_descendant(spec.name, 0.8)})
+    assert [n for n, _ in composed.named_parameters() if not n.startswith(BLOCK_PREFIX)] == []  # not the scale
+    assert count_params(composed) < count_params(model)
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(m.compose({spec.name: m.get_descendant(spec.name, 0.0)})(x), model(x))

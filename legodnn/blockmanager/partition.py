@@ -85,6 +85,11 @@ def build_frame(
         root[BLOCK_PREFIX + spec.name] = blocks[spec.name]
     frame = fx.GraphModule(root, graph, class_name="LegoFrame")
     frame.graph.eliminate_dead_code()
+    # Constants a block reads (a ``get_attr`` of a weight, as Swin's attention reads its
+    # qkv weight) were copied into the frame too and are dead there now: build the frame
+    # again from what its graph still uses, so it does not keep the teacher's tensors alive.
+    used = {n.target for n in frame.graph.nodes if n.op in ("call_module", "get_attr")}
+    frame = fx.GraphModule({k: v for k, v in root.items() if k in used}, frame.graph, class_name="LegoFrame")
     frame.graph.lint()
     frame.recompile()
     frame.train(part_gm.training)
