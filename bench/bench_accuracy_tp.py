@@ -9,14 +9,18 @@ epochs, 3,680 s), split equally over the three models: ``--seconds`` gives that 
 and each model's step count is fixed from its own first ten steps, so its cosine
 schedule runs to the end (run it on an idle machine, or with at most one other
 single-thread job on this 2-core one). ``--steps A,B,C`` replays the step counts a run
-recorded, whatever the load.
+recorded, whatever the load. ``--results bench/results_accuracy.json --plot
+docs/accuracy_front.png`` puts the new rows into the accuracy bench's recorded result
+and draws its front again.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+from typing import List, Optional
 
 import torch
 
@@ -41,6 +45,10 @@ def main() -> None:
     p.add_argument("--retrain-images", type=int, default=20000)
     p.add_argument("--tp-lr", type=float, default=0.01)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--results", type=Path, default=None,
+                   help="a results.json of bench_accuracy.py (bench/results_accuracy.json) whose Torch-Pruning rows "
+                        "are replaced by this run's, with its table printed and --plot drawn again")
+    p.add_argument("--plot", type=Path, default=None, help="with --results: where to draw the front (a PNG)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     data = ba.load_bench_data(args.cache, args.archive, args.teacher, args.retrain_images)
@@ -50,6 +58,7 @@ def main() -> None:
     store = args.work / "compressed"
     if not store.exists():  # only the descendants' sizes are needed: extraction alone gives them
         bm.extract_all_blocks(str(store))
+    rows = []
     for level in ba.LEVELS:
         model = bm.compose({n: bm.load_descendant(str(store), n, level) for n in bm.block_names})
         target = ba._params_flops(mm, model)[0]
@@ -67,6 +76,22 @@ def main() -> None:
         print(f"Torch-Pruning at {level}: {row['params']:,} params (target {target:,}), "
               f"{100 * row['accuracy_before_finetune']:.2f}% before, {100 * row['accuracy']:.2f}% after "
               f"{row['steps']} steps in {row['seconds']:.0f} s", flush=True)
+        rows.append(row)
+    if args.results is not None:
+        update_results(args.results, rows, args.plot)
+
+
+def update_results(path: Path, rows: List[dict], plot: Optional[Path]) -> None:
+    """Put this run's Torch-Pruning rows into a recorded legodnn result (atomically)."""
+    result = json.loads(path.read_text())
+    result["torch_pruning"] = rows
+    result["timings_s"]["torch_pruning_finetune_total"] = sum(r["seconds"] for r in rows)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    tmp.replace(path)
+    print(ba._table(result))
+    if plot is not None:
+        ba._plot(plot, result)
 
 
 if __name__ == "__main__":
