@@ -81,7 +81,6 @@ TIMEOUT_ENV = "LEGODNN_DIST_TIMEOUT"
 PARALLEL_MODES = ("data", "descendants")
 
 _BUCKET_ELEMENTS = 1 << 24  # gradients are all-reduced in buckets of at most 64 MiB of fp32
-_timeout_s: Optional[float] = None  # the timeout of the group legodnn created, for error messages
 
 
 # -- the process group ------------------------------------------------------------------
@@ -104,7 +103,6 @@ def init_distributed(timeout_s: Optional[float] = None, backend: Optional[str] =
     ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` as ``torchrun`` sets them.
     Returns this process's :class:`Ranks`.
     """
-    global _timeout_s
     dist = _dist()
     if not dist.is_initialized():
         if timeout_s is None:
@@ -121,7 +119,6 @@ def init_distributed(timeout_s: Optional[float] = None, backend: Optional[str] =
                                "with torchrun (torchrun --nproc_per_node 2 script.py)")
         backend = backend or ("nccl" if str(device).startswith("cuda") else "gloo")
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
-        _timeout_s = timeout_s
     return Ranks(dist.get_rank(), dist.get_world_size())
 
 
@@ -168,10 +165,11 @@ class Ranks:
         try:
             yield
         except RuntimeError as e:
-            timeout = f" ({_timeout_s:g} s)" if _timeout_s else ""
             raise LegoDNNError(
                 f"rank {self.rank} of {self.world_size}: {what} failed: another rank stopped (its own error is in "
-                f"its output) or did not answer within the process group's timeout{timeout}. {e}") from e
+                f"its output) or did not answer within the process group's timeout (${TIMEOUT_ENV} or "
+                f"init_distributed(timeout_s=...) where legodnn creates the group; default {DEFAULT_TIMEOUT_S:g} s). "
+                f"{e}") from e
 
     def _small_device(self) -> torch.device:
         """Where the small tensors of flags and sums live: NCCL reduces CUDA tensors only."""
