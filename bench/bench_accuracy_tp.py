@@ -84,6 +84,9 @@ def main() -> None:
 def update_results(path: Path, rows: List[dict], plot: Optional[Path]) -> None:
     """Put this run's Torch-Pruning rows into a recorded legodnn result (atomically)."""
     result = json.loads(path.read_text())
+    if not (isinstance(result, dict) and {"setup", "evaluation", "timings_s"} <= set(result)):
+        raise SystemExit(f"{path} is not a result of bench_accuracy.py (no setup, evaluation and timings_s); "
+                         "not rewriting it")
     result["torch_pruning"] = rows
     result["timings_s"]["torch_pruning_finetune_total"] = sum(r["seconds"] for r in rows)
     tmp = path.with_suffix(".tmp")

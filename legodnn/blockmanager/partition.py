@@ -90,8 +90,7 @@ def build_frame(
     # again from what its graph still uses, so it does not keep the teacher's tensors alive.
     used = {n.target for n in frame.graph.nodes if n.op in ("call_module", "get_attr")}
     frame = fx.GraphModule({k: v for k, v in root.items() if k in used}, frame.graph, class_name="LegoFrame")
-    frame.graph.lint()
-    frame.recompile()
+    frame.graph.lint()  # the constructor generated the code of this graph: no recompile needed
     frame.train(part_gm.training)
     return frame
 
