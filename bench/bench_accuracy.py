@@ -289,7 +289,7 @@ def main() -> None:
     p.add_argument("--work", type=Path, required=True)
     p.add_argument("--retrain-images", type=int, default=20000, help="training images for retraining (the teacher's)")
     p.add_argument("--block-epochs", type=int, default=8)
-    p.add_argument("--composition-epochs", type=int, default=4)
+    p.add_argument("--composition-epochs", type=int, default=6)
     p.add_argument("--composition-lr", type=float, default=0.01)
     p.add_argument("--batchnorm", default="train", choices=("frozen", "train"))
     p.add_argument("--composition-samples", type=int, default=1, help="random compositions per step")
@@ -303,6 +303,9 @@ def main() -> None:
                         "still held out of the fit)")
     p.add_argument("--tp-lr", type=float, default=0.01)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                   help="legodnn's stages in the default layout (Torch-Pruning's fine-tuning is channels_last: "
+                        "on CPU it is 1.1x faster for block distillation, 1.3x for the composition stage)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -322,6 +325,7 @@ def main() -> None:
         "profile_on": args.profile_on,
         "test_images": len(test), "block_epochs": args.block_epochs, "composition_epochs": args.composition_epochs,
         "composition_lr": args.composition_lr, "batchnorm": args.batchnorm, "threads": args.threads,
+        "channels_last": args.channels_last,
         "composition_samples": args.composition_samples, "every_level": args.every_level,
         "fit_compositions": args.fit_compositions,
         "sparsities": SPARSITIES, "torch": torch.__version__}}
@@ -343,7 +347,8 @@ def main() -> None:
     def block_stage() -> Dict[str, Any]:
         t = time.perf_counter()
         BlockRetrainer(teacher, bm, mm, str(compressed), str(block_dir), args.block_epochs, train_b, val_b,
-                       verbose=verbose, composition_epochs=0).train_all_blocks()  # block distillation alone
+                       verbose=verbose, composition_epochs=0,
+                       channels_last=args.channels_last).train_all_blocks()  # block distillation alone
         return {"seconds": time.perf_counter() - t}
 
     timings["block_distillation"] = _stage(work, "block_stage", block_stage)["seconds"]
@@ -354,7 +359,8 @@ def main() -> None:
         history = CompositionRetrainer(teacher, bm, mm, str(block_dir), str(composed_dir), args.composition_epochs,
                                        train_b, val_b, verbose=verbose, lr=args.composition_lr,
                                        batchnorm=args.batchnorm, num_random=args.composition_samples,
-                                       every_level=args.every_level).train_all_compositions()
+                                       every_level=args.every_level,
+                                       channels_last=args.channels_last).train_all_compositions()
         return {"seconds": time.perf_counter() - t, "train": list(history.train), "val": list(history.val),
                 "best_epoch": history.best_epoch}
 

@@ -310,6 +310,104 @@ def test_optimizer_stays_exact_for_the_fitted_estimate() -> None:
         assert brute_force(problem, budget_l, budget_m).total_drop == pytest.approx(solution.total_drop, abs=1e-12)
 
 
+def test_fit_takes_the_whole_levels_as_measured(tmp_path: Path) -> None:
+    """Levels far better than the mixes (what composition-aware retraining gives): they leave
+    the fit, which then describes the mixes, and are estimated by their measurement."""
+    names, levels, metric, singles, rng = _synthetic(4, curvature=2.0)
+    boost = {0.3: 0.02, 0.6: 0.1, 0.8: 0.3}
+
+    def measured_metric(cfg):
+        return metric(cfg) + (boost[cfg[0]] if cfg[0] and len(set(cfg)) == 1 else 0.0)
+
+    configs = [(s,) * len(names) for s in levels[1:]] + [tuple(rng.choice(levels) for _ in names) for _ in range(25)]
+    measured = [MeasuredComposition(c, measured_metric(c)) for c in configs]
+    fitted = fit_accuracy_model("accuracy", 0.9, names, levels, singles, measured)
+    assert dict(fitted.levels) == pytest.approx({s: measured_metric((s,) * len(names)) for s in levels[1:]})
+    assert fitted.num_compositions == len(configs) and len(fitted.measured) == len(configs)
+    assert fitted.heldout_max_abs_error < 2e-3  # cross-validated over the mixes, which follow the family
+    for s in levels[1:]:
+        assert fitted.estimate((s,) * len(names)) == pytest.approx(measured_metric((s,) * len(names)))
+    mixed = (0.8,) * (len(names) - 1) + (0.6,)
+    assert fitted.estimate(mixed) == pytest.approx(metric(mixed), abs=2e-3)
+    # fitting the levels too (the earlier behaviour) misses both the levels and the mixes
+    pooled = fit_accuracy_model("accuracy", 0.9, names, levels, singles, measured, measured_levels=False)
+    assert pooled.levels == ()
+    assert abs(pooled.estimate((0.8,) * len(names)) - measured_metric((0.8,) * len(names))) > 0.05
+    with pytest.raises(LegoDNNError, match="measured_levels"):
+        fit_accuracy_model("accuracy", 0.9, names, levels, singles, measured, measured_levels="yes")
+    fitted.save(tmp_path)
+    assert FittedAccuracyModel.load(tmp_path) == fitted
+    path = tmp_path / "accuracy_estimate.json"
+    data = json.loads(path.read_text())
+    data["levels"] = [[0.5, 0.7]]  # not a sparsity of the store
+    path.write_text(json.dumps(data))
+    with pytest.raises(StoreError, match="measured level"):
+        FittedAccuracyModel.load(tmp_path)
+    del data["levels"]  # a file from before levels were measured: every composition is fitted
+    path.write_text(json.dumps(data))
+    assert FittedAccuracyModel.load(tmp_path).levels == ()
+
+
+def _level_instance(rng: random.Random):
+    """Blocks offering some of the sparsities, each maybe twice (a float and a noisier int8
+    option: the same level, an extra term >= 0), measured levels above or below the fit."""
+    n = rng.randint(1, 5)
+    levels = [0.0, 0.3, 0.6, 0.8]
+    option_levels, drops, lats, mems = [], [], [], []
+    for _ in range(n):
+        row = [s for s in levels if s == 0.0 or rng.random() < 0.8]
+        row = row + [s for s in row if rng.random() < 0.4]
+        base = {s: s * rng.uniform(0.01, 0.05) for s in levels}
+        option_levels.append(row)
+        drops.append([base[s] + (rng.uniform(0, 0.01) if i >= len(set(row)) else 0.0) for i, s in enumerate(row)])
+        lats.append([rng.uniform(0.5, 1.5) * (1.1 - s) for s in row])
+        mems.append([rng.uniform(0.5, 1.5) * (1.1 - s) for s in row])
+    measured = {s: 0.9 - rng.uniform(-0.02, 0.25) * s for s in levels[1:] if rng.random() < 0.8}
+    problem = ScalingProblem.from_arrays(drops, lats, mems, frame_latency=0.1, frame_memory=0.2)
+    budget_l = rng.uniform(0.3, 1.0) * (0.1 + sum(map(max, lats)))
+    budget_m = rng.uniform(0.3, 1.0) * (0.2 + sum(map(max, mems)))
+    return problem, option_levels, measured, budget_l, budget_m
+
+
+def test_level_search_is_exact() -> None:
+    """Measured whole levels make the objective piecewise; brute force over every
+    configuration agrees with the search on random instances, int8-like extras included."""
+    from legodnn.online.level_search import solve_with_levels
+
+    def estimate(total: float) -> float:
+        return 0.9 - 0.5 * -math.expm1(-(total + 3 * total * total) / 0.5)
+
+    rng = random.Random(0)
+    checked = 0
+    for _ in range(300):
+        problem, option_levels, measured, budget_l, budget_m = _level_instance(rng)
+        best = None
+        for choice in itertools.product(*[range(len(row)) for row in option_levels]):
+            lat = problem.frame_latency + sum(problem.latencies[b][k] for b, k in enumerate(choice))
+            mem = problem.frame_memory + sum(problem.memories[b][k] for b, k in enumerate(choice))
+            if lat > budget_l * (1 + 1e-9) or mem > budget_m * (1 + 1e-9):
+                continue
+            total = sum(problem.drops[b][k] for b, k in enumerate(choice))
+            at = {option_levels[b][k] for b, k in enumerate(choice)}
+            if len(at) == 1 and next(iter(at)) in measured:
+                s = next(iter(at))
+                own = sum(min(d for d, t in zip(problem.drops[b], option_levels[b]) if t == s)
+                          for b in range(len(choice)))
+                value = measured[s] - (total - own)
+            else:
+                value = estimate(total)
+            best = value if best is None or value > best else best
+        solution, value = solve_with_levels(problem, budget_l, budget_m, option_levels, measured, estimate)
+        if best is None:
+            assert not solution.feasible
+            continue
+        checked += 1
+        assert solution.feasible
+        assert solution.latency <= budget_l * (1 + 1e-9) and solution.memory <= budget_m * (1 + 1e-9)
+        assert value == pytest.approx(best, abs=1e-9)
+    assert checked > 150
+
+
 def rng_curv(seed: int) -> float:
     return (0.0, 1.0, 4.0, 10.0)[seed % 4]
 
@@ -324,6 +422,8 @@ def test_profiler_fits_the_estimate_and_the_optimizer_uses_it(setup, tmp_path: P
     profiler.profile_all_blocks(num_compositions=6)
     fitted = FittedAccuracyModel.load(work)
     assert fitted.num_compositions == 6
+    # the whole levels come first in the profiler's compositions and are taken as measured
+    assert [s for s, _ in fitted.levels] == [s for s in bm.block_sparsity if s > 0]
     assert fitted.block_names == tuple(bm.block_names)
     report = profiler.validate_accuracy_model(num_compositions=3, seed=5)
     assert len(report.estimated_fitted) == 3

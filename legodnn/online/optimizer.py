@@ -12,7 +12,7 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -23,6 +23,7 @@ from ..offline.accuracy_fit import ACCURACY_ESTIMATE_JSON, FittedAccuracyModel, 
 from ..offline.profiles import ModelProfile
 from ..validation import check_float, warn_if_ignored_manager
 from .latency_profile import LatencyProfile, device_description
+from .level_search import configuration_metric, solve_with_levels
 from .solver import ScalingProblem, Solution, cheapest, solve
 
 __all__ = ["ScalingOptimizer", "OptimizationResult", "InfeasibleBudgetError"]
@@ -341,7 +342,23 @@ class ScalingOptimizer:
                                  allow_none=True, hint="pass a positive number of bytes, or None for no limit")
         if self.problem is None:
             self.problem = self._problem()  # raises: no latency profile and no other backend's costs
+        if self._levels():
+            return solve_with_levels(self.problem, max_latency, max_memory, self._option_levels(), self._levels(),
+                                     self._estimate)[0]
         return solve(self.problem, max_latency, max_memory)
+
+    def _levels(self) -> Dict[float, float]:
+        """The whole levels the profiler measured and the fitted estimate takes as measured."""
+        return dict(self.fitted.levels) if self.fitted is not None else {}
+
+    def _option_levels(self) -> List[List[float]]:
+        return [[s for s, _ in row] for row in self.options]
+
+    def _metric(self, solution: Solution) -> float:
+        """The estimated metric of a solution's configuration (a measured level: its measurement)."""
+        if self._levels() and self.problem is not None:
+            return configuration_metric(self.problem, solution, self._option_levels(), self._levels(), self._estimate)
+        return self._estimate(solution.total_drop)
 
     def update_model(
         self, max_latency: Optional[float] = None, max_memory: Optional[float] = None, *, fallback: bool = False
@@ -394,7 +411,7 @@ class ScalingOptimizer:
             feasible=solution.feasible,
             binding=solution.binding,
             metric_name=self.profile.metric_name,
-            estimated_metric=self._estimate(solution.total_drop),
+            estimated_metric=self._metric(solution),
             estimated_latency_s=solution.latency,
             model_bytes=int(round(solution.memory)),
             blocks_swapped=switch.changed if switch else (),
