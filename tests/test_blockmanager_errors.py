@@ -230,3 +230,34 @@ def test_cache_limit(store: Path) -> None:
     big.switch(cfg)
     big.switch([0.0] * n)
     assert big.switch(cfg).bytes_loaded == 0
+
+
+class _RepBranch(nn.Module):
+    """A RepVGG-style block in its training form: a 3x3 and a 1x1 conv summed with the input."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.dense, self.point = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 1)
+
+    def reparameterize(self) -> None:  # what timm's MobileOne/RepVGG blocks offer
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.dense(x) + self.point(x) + x)
+
+
+class _BrokenRepNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.stage = nn.Sequential(*[_RepBranch(16) for _ in range(4)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("the dummy forward ran")
+
+
+def test_mostly_unfused_model_is_refused_before_tracing() -> None:
+    """Most conv parameters in unfused re-parameterisable blocks: the refusal comes before
+    the trace and the block search (which would take tens of seconds on timm mobileone_s0)."""
+    with pytest.raises(LegoDNNError, match=r"_RepBranch modules .* training form.*\d+% of the conv.*Fuse them first"):
+        AutoBlockManager([0.0, 0.5], _BrokenRepNet(), CommonModelManager(), SIZE, verbose=False)
