@@ -149,6 +149,9 @@ class AutoBlockManager:
         self._analyses: Dict[str, ChannelAnalysis] = {}
         self._teacher: Optional[nn.Module] = None
         self._call_shapes: Optional[Dict[str, List[Tuple[int, ...]]]] = None
+        #: modules whose output shape :meth:`compose` has checked, with the (input, output)
+        #: shapes they passed for; weak, so a checked module can still be freed
+        self._shapes_checked: "weakref.WeakKeyDictionary[nn.Module, set]" = weakref.WeakKeyDictionary()
         self.partition = self._find_blocks()
         self._analyses = {s.name: self._analysis(s.name) for s in self.partition.specs}
         self._refuse_unfused_branches()
@@ -395,7 +398,7 @@ class AutoBlockManager:
         """
         spec = next(s for s in self.partition.specs if s.name == name)
         key = (tuple(spec.input_shape), tuple(spec.output_shape))
-        done = _SHAPES_CHECKED.get(module)
+        done = self._shapes_checked.get(module)
         if done is not None and key in done:
             return
         first = next((t for t in list(module.parameters()) + list(module.buffers()) if t.is_floating_point()), None)
@@ -423,7 +426,7 @@ class AutoBlockManager:
                 f"frame needs {spec.output_shape}; pass a descendant of {name} itself "
                 f"(block_manager.get_descendant({name!r}, sparsity)), not one of another block"
             )
-        _SHAPES_CHECKED.setdefault(module, set()).add(key)
+        self._shapes_checked.setdefault(module, set()).add(key)
 
     # -- extraction -------------------------------------------------------------
     def extract_all_blocks(self, blocks_dir: str, overwrite: bool = False) -> List[DescendantSpec]:
@@ -521,11 +524,6 @@ def _pruned_params(block: fx.GraphModule, analysis: ChannelAnalysis, layers: Lay
 
 #: methods by which re-parameterisable blocks (RepVGG, MobileOne) fuse their branches
 _REPARAM_METHODS = ("reparameterize", "switch_to_deploy")
-
-#: modules whose output shape :meth:`AutoBlockManager.compose` has checked, with the
-#: (input, output) shapes they passed for; weak, so a checked module can still be freed
-_SHAPES_CHECKED: "weakref.WeakKeyDictionary[nn.Module, set]" = weakref.WeakKeyDictionary()
-
 
 def _check_input_sizes(value: Any) -> Union[Tuple[int, ...], Tuple[Tuple[int, ...], ...]]:
     """``model_input_size`` checked: one shape (batch first), or a tuple of shapes for a
