@@ -19,6 +19,7 @@ from legodnn import (
     Budget,
     CommonModelManager,
     InfeasibleBudgetError,
+    LegoDNNError,
     LatencyEstimator,
     LatencyProfile,
     OnDeviceRuntime,
@@ -124,6 +125,14 @@ def test_onnx_export_matches_torch(pipeline, tmp_path: Path) -> None:
         expected = composed(x)
     got = OnnxRunner(onnx_path)(x)
     assert torch.allclose(expected, got, atol=1e-4, rtol=1e-4)
+    # an existing file is the user's unless they say otherwise: refused before any export
+    mine = tmp_path / "notes.onnx"
+    mine.write_text("not a model")
+    with pytest.raises(LegoDNNError, match="already exists"):
+        export_onnx(composed, (1, 3, 32, 32), mine)
+    assert mine.read_text() == "not a model"
+    export_onnx(composed, (1, 3, 32, 32), mine, overwrite=True)
+    assert OnnxRunner(mine)(x).shape == expected.shape
 
 
 @pytest.mark.slow

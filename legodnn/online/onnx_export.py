@@ -11,14 +11,15 @@ import inspect
 import io
 import os
 import warnings
-from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..blockmanager.store import claim_file
 from ..errors import LegoDNNError
+from ..validation import check_bool
 
 __all__ = ["export_onnx", "OnnxRunner"]
 
@@ -28,12 +29,17 @@ def export_onnx(
     input_shape: Sequence[int],
     path: Optional[Union[str, os.PathLike]] = None,
     opset_version: int = 17,
+    overwrite: bool = False,
 ) -> bytes:
     """Export ``model`` (eval mode, CPU copy of the input) for one input of ``input_shape``.
 
     The batch dimension is dynamic. Writes ``path`` atomically when given and returns the
-    serialized model either way.
+    serialized model either way. An existing file at ``path`` is replaced only with
+    ``overwrite=True`` (legodnn cannot tell its own earlier export from a user's file);
+    the check comes before the export, so a refused path costs nothing.
     """
+    if path is not None:
+        path = claim_file(path, check_bool("overwrite", overwrite), "path")
     was_training = model.training
     model.eval()
     x = torch.rand(tuple(input_shape), device=next(model.parameters()).device)
@@ -56,7 +62,6 @@ def export_onnx(
         model.train(was_training)
     data = buf.getvalue()
     if path is not None:
-        path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_bytes(data)
         tmp.replace(path)
