@@ -47,7 +47,9 @@ def main() -> None:
     p.add_argument("--retrain-images", type=int, default=20000)
     p.add_argument("--repeats", type=int, default=1, help="epochs of each stage, alternating")
     p.add_argument("--block-epochs", type=int, default=8, help="the accuracy bench's block epochs")
-    p.add_argument("--composition-epochs", type=int, default=4, help="the accuracy bench's composition epochs")
+    p.add_argument("--composition-epochs", type=int, default=6, help="the accuracy bench's composition epochs")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                   help="the stages in the default layout (the accuracy bench runs them channels_last)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results_stage_cost.json")
     args = p.parse_args()
@@ -63,11 +65,12 @@ def main() -> None:
             block_dir, comp_dir = work / f"block{rep}", work / f"composed{rep}"
             t = time.perf_counter()
             BlockRetrainer(data.teacher, bm, mm, str(work / "compressed"), str(block_dir), 1, data.train_b,
-                           data.val_b, verbose=False, composition_epochs=0).train_all_blocks()
+                           data.val_b, verbose=False, composition_epochs=0,
+                           channels_last=args.channels_last).train_all_blocks()
             block_s.append(time.perf_counter() - t)
             t = time.perf_counter()
             CompositionRetrainer(data.teacher, bm, mm, str(block_dir), str(comp_dir), 1, data.train_b, data.val_b,
-                                 verbose=False).train_all_compositions()
+                                 verbose=False, channels_last=args.channels_last).train_all_compositions()
             comp_s.append(time.perf_counter() - t)
             shutil.rmtree(block_dir)
             shutil.rmtree(comp_dir)
@@ -80,7 +83,7 @@ def main() -> None:
         "epoch_ratio": comp / block,
         "stage_ratio": (args.composition_epochs * comp) / (args.block_epochs * block),
         "block_epochs": args.block_epochs, "composition_epochs": args.composition_epochs,
-        "torch": torch.__version__,
+        "channels_last": args.channels_last, "torch": torch.__version__,
     }
     tmp_out = args.out.with_suffix(".tmp")
     tmp_out.write_text(json.dumps(result, indent=1))
