@@ -130,6 +130,18 @@ def test_composition_training_lowers_the_loss(setup, tmp_path: Path) -> None:
     assert history.train[-1] < history.train[0]
 
 
+def test_feature_distillation_trains_and_validates_on_features(setup, tmp_path: Path) -> None:
+    """``feature_weight`` adds the blocks' feature error to the loss that trains and to the
+    held-out loss that picks the epoch (it raised a KeyError in validation before)."""
+    root, model, mm, bm, train, val = setup
+    losses = {}
+    for weight in (0.0, 1.0):
+        history = CompositionRetrainer(model, bm, mm, str(root / "blocks"), str(tmp_path / f"fw{weight}"), 1, train,
+                                       val, verbose=False, lr=1e-12, feature_weight=weight).train_all_compositions()
+        losses[weight] = history.val[0]
+    assert math.isfinite(losses[1.0]) and losses[1.0] > losses[0.0]
+
+
 def test_resume_gives_the_same_weights(setup, tmp_path: Path) -> None:
     root, model, mm, bm, train, val = setup
     straight = tmp_path / "straight"

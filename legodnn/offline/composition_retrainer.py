@@ -456,11 +456,11 @@ class CompositionStage:
         total, count = 0.0, 0
         for batch in self.val_loader:
             batch = self.precision.batch(batch)
-            target = self._teacher_output(batch)
+            target, features = self._teacher(batch)  # the loss that trains, features included
             n = batch_len(batch)
             for config in validation:
                 net.select(config)
-                total += float(self._loss(net, batch, target, {})) * n
+                total += float(self._loss(net, batch, target, features)) * n
                 count += n
         total, count = self._fold(total, count)
         if count == 0:
