@@ -436,6 +436,13 @@ def test_profiler_fits_the_estimate_and_the_optimizer_uses_it(setup, tmp_path: P
     assert fitted.num_compositions == 6
     # the whole levels come first in the profiler's compositions and are taken as measured
     assert [s for s, _ in fitted.levels] == [s for s in bm.block_sparsity if s > 0]
+    # refitting from what the profile kept reproduces the fit without measuring; options change it
+    from legodnn.offline.accuracy_fit import refit_accuracy_model
+
+    assert refit_accuracy_model(work) == fitted == FittedAccuracyModel.load(work)
+    pooled = refit_accuracy_model(work, measured_levels=False)
+    assert pooled.levels == () and FittedAccuracyModel.load(work) == pooled
+    assert pooled.weights_digest == fitted.weights_digest and pooled.measured == fitted.measured
     assert fitted.block_names == tuple(bm.block_names)
     report = profiler.validate_accuracy_model(num_compositions=3, seed=5)
     assert len(report.estimated_fitted) == 3

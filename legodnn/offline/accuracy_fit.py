@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -48,6 +48,7 @@ __all__ = [
     "MeasuredComposition",
     "estimate_or_none",
     "fit_accuracy_model",
+    "refit_accuracy_model",
     "sample_compositions",
 ]
 
@@ -334,6 +335,31 @@ def fit_accuracy_model(
         measured=tuple(MeasuredComposition(c, m) for c, m in every),
         levels=tuple(sorted(whole.items())),
     )
+
+
+def refit_accuracy_model(directory: Union[str, Path], **options: Any) -> FittedAccuracyModel:
+    """Fit the estimate of a profiled store again from what it measured, without measuring.
+
+    The single-block drops come from ``block_profile.json`` and the compositions from
+    the ``measured`` list ``accuracy_estimate.json`` keeps; ``options`` go to
+    :func:`fit_accuracy_model` (``measured_levels``, ``ridge``, ...). For a store profiled
+    by an earlier version (its whole levels then were fitted, not taken as measured) or
+    to try other fit options. Writes ``accuracy_estimate.json`` and returns the fit.
+    """
+    from .profiles import ModelProfile
+
+    old = FittedAccuracyModel.load(directory)
+    if not old.measured:
+        raise StoreError(f"{Path(directory) / ACCURACY_ESTIMATE_JSON} keeps no measured compositions (written "
+                         "before they were kept): profile the blocks again")
+    profile = ModelProfile.load(directory)
+    table = profile.table()
+    singles = {(b, s): table[b][s].metric_drop for b in old.block_names for s in old.sparsities if s > 0}
+    fitted = fit_accuracy_model(old.metric_name, old.teacher_metric, old.block_names, old.sparsities, singles,
+                                list(old.measured), **options)
+    fitted = replace(fitted, weights_digest=old.weights_digest)
+    fitted.save(directory)
+    return fitted
 
 
 def sample_compositions(block_names: Sequence[str], sparsities: Sequence[float], n: int,
