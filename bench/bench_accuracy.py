@@ -50,7 +50,7 @@ from cv_tasks import get_model  # noqa: E402
 from cv_tasks.image_classification.train import load_weights, warmup_cosine  # noqa: E402
 from legodnn import AutoBlockManager, BlockProfiler, BlockRetrainer, CommonModelManager  # noqa: E402
 from legodnn.offline import CompositionRetrainer, FittedAccuracyModel  # noqa: E402
-from legodnn.offline.accuracy_fit import sample_compositions  # noqa: E402
+from legodnn.offline.accuracy_fit import refit_accuracy_model, sample_compositions  # noqa: E402
 from legodnn.offline.bn_calibration import recalibrate_store  # noqa: E402
 from legodnn.offline.composition import distillation_loss  # noqa: E402
 
@@ -303,6 +303,9 @@ def main() -> None:
                         "still held out of the fit)")
     p.add_argument("--tp-lr", type=float, default=0.01)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--refit", action="store_true",
+                   help="fit each store's accuracy estimate again from the compositions its profile measured "
+                        "(refit_accuracy_model): for a work folder profiled by an earlier version")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    help="legodnn's stages in the default layout (Torch-Pruning's fine-tuning is channels_last: "
                         "on CPU it is 1.1x faster for block distillation, 1.3x for the composition stage)")
@@ -388,12 +391,23 @@ def main() -> None:
             return {"seconds": time.perf_counter() - t, "curvature": fitted.curvature,
                     "cv_mean_abs_error": fitted.heldout_mean_abs_error, "cv_max_abs_error": fitted.heldout_max_abs_error}
 
-        result[f"profile_{name}"] = _stage(work, f"profile_{name}", profile)
-        timings[f"profile_{name}"] = result[f"profile_{name}"]["seconds"]
+        timings[f"profile_{name}"] = _stage(work, f"profile_{name}", profile)["seconds"]
+        if args.refit:  # the estimate fitted again from what the profile measured (no new measurement)
+            refit_accuracy_model(store)
+        # read from the store, not the stage's cache: a refit shows in the results
+        fitted = FittedAccuracyModel.load(store)
+        result[f"profile_{name}"] = {"seconds": timings[f"profile_{name}"], "curvature": fitted.curvature,
+                                     "cv_mean_abs_error": fitted.heldout_mean_abs_error,
+                                     "cv_max_abs_error": fitted.heldout_max_abs_error,
+                                     "levels": [list(level) for level in fitted.levels]}
 
     configs = _compositions(bm.block_names, args.random, seed=1)
-    result["evaluation"] = {name: _stage(work, f"evaluate_{name}", lambda s=store: {"rows": _evaluate_store(
-        bm, mm, s, configs, test_b)})["rows"] for name, store in stores}
+    result["evaluation"] = {}
+    for name, store in stores:
+        rows = _stage(work, f"evaluate_{name}", lambda s=store: {"rows": _evaluate_store(
+            bm, mm, s, configs, test_b)})["rows"]
+        fitted = FittedAccuracyModel.load(store)
+        result["evaluation"][name] = [{**r, "estimated": fitted.estimate(r["sparsities"])} for r in rows]
 
     budget = timings["block_distillation"] + timings["composition_aware"]
     tp_rows = []
