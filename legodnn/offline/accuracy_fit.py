@@ -92,10 +92,8 @@ class FittedAccuracyModel:
 
     def level_metric(self, sparsities: Sequence[float]) -> Optional[float]:
         """The measured metric when ``sparsities`` is a whole level that was measured, else ``None``."""
-        first = float(sparsities[0]) if len(sparsities) else None
-        if first is None or any(float(s) != first for s in sparsities):
-            return None
-        return dict(self.levels).get(first)
+        level = _whole_level(sparsities)
+        return None if level is None else dict(self.levels).get(level)
 
     def link(self, z: float) -> float:
         return _link(z, self.curvature, self.max_drop)
@@ -119,7 +117,6 @@ class FittedAccuracyModel:
         path = Path(directory) / ACCURACY_ESTIMATE_JSON
         data = asdict(self)
         data["measured"] = [{"sparsities": list(m.sparsities), "metric": m.metric} for m in self.measured]
-        data["levels"] = [[s, m] for s, m in self.levels]
         atomic_write_text(path, json.dumps(data, indent=1))
         return path
 
@@ -163,6 +160,12 @@ class FittedAccuracyModel:
                              f"{[s for s in model.sparsities if s > 0]}, twice, or with a non-finite metric; "
                              "profile the blocks again")
         return model
+
+
+def _whole_level(sparsities: Sequence[float]) -> Optional[float]:
+    """The sparsity every block is at, when they all are at one above 0; else ``None``."""
+    levels = {float(s) for s in sparsities}
+    return levels.pop() if len(levels) == 1 and max(levels) > 0 else None
 
 
 def _link(z: float, curvature: float, max_drop: float) -> float:
@@ -300,8 +303,8 @@ def fit_accuracy_model(
     for cfg, _ in every:
         if len(cfg) != len(names) or any(s not in levels for s in cfg):
             raise InvalidArgumentError(f"composition {cfg} does not give one of {levels} for each of {len(names)} blocks")
-    whole = {cfg[0]: m for cfg, m in every if measured_levels and cfg and cfg[0] > 0 and len(set(cfg)) == 1}
-    comps = [(cfg, m) for cfg, m in every if not (cfg and cfg[0] in whole and len(set(cfg)) == 1)]
+    whole = {_whole_level(cfg): m for cfg, m in every if measured_levels and _whole_level(cfg) is not None}
+    comps = [(cfg, m) for cfg, m in every if _whole_level(cfg) not in whole]
 
     def fit(points: Sequence[Tuple[Tuple[float, ...], float]]) -> Tuple[torch.Tensor, float, float]:
         data = singles + list(points)

@@ -67,7 +67,7 @@ def solve_with_levels(
     for level, metric in measured.items():
         if candidates and metric <= max(v for _, v in candidates):
             continue  # the extras are >= 0: this level cannot win
-        allowed = [[k for k, s in enumerate(row) if s == level] for row in option_levels]
+        allowed = _at_level(option_levels, level)
         sol = _solve_restricted(problem, allowed, max_latency, max_memory)
         if sol is not None:
             nodes += sol.nodes
@@ -86,14 +86,18 @@ def configuration_metric(problem: ScalingProblem, sol: Solution, option_levels: 
     options' extras, otherwise ``estimate`` of its total."""
     level = _uniform_level(option_levels, sol.choice)
     if level in measured:
-        allowed = [[k for k, s in enumerate(row) if s == level] for row in option_levels]
-        return measured[level] - (sol.total_drop - _level_base(problem, allowed))
+        return measured[level] - (sol.total_drop - _level_base(problem, _at_level(option_levels, level)))
     return estimate(sol.total_drop)
 
 
 def _uniform_level(option_levels: Sequence[Sequence[float]], choice: Sequence[int]) -> Optional[float]:
     levels = {float(option_levels[b][k]) for b, k in enumerate(choice)}
     return levels.pop() if len(levels) == 1 else None
+
+
+def _at_level(option_levels: Sequence[Sequence[float]], level: float) -> Allowed:
+    """Per block, the indices of its options at ``level``."""
+    return [[k for k, s in enumerate(row) if s == level] for row in option_levels]
 
 
 def _level_base(problem: ScalingProblem, allowed: Allowed) -> float:
@@ -111,7 +115,7 @@ def _mixed_pieces(option_levels: Sequence[Sequence[float]], measured: Mapping[fl
     everything = [list(range(len(row))) for row in option_levels]
     pieces: List[Allowed] = []
     for s0 in sorted({float(s) for s in option_levels[0]}):
-        at = [[k for k, s in enumerate(row) if s == s0] for row in option_levels]
+        at = _at_level(option_levels, s0)
         if s0 not in measured:
             pieces.append([at[0]] + everything[1:])
             continue

@@ -342,8 +342,9 @@ class ScalingOptimizer:
                                  allow_none=True, hint="pass a positive number of bytes, or None for no limit")
         if self.problem is None:
             self.problem = self._problem()  # raises: no latency profile and no other backend's costs
-        if self._levels():
-            return solve_with_levels(self.problem, max_latency, max_memory, self._option_levels(), self._levels(),
+        levels = self._levels()
+        if levels:
+            return solve_with_levels(self.problem, max_latency, max_memory, self._option_levels(), levels,
                                      self._estimate)[0]
         return solve(self.problem, max_latency, max_memory)
 
@@ -356,8 +357,9 @@ class ScalingOptimizer:
 
     def _metric(self, solution: Solution) -> float:
         """The estimated metric of a solution's configuration (a measured level: its measurement)."""
-        if self._levels() and self.problem is not None:
-            return configuration_metric(self.problem, solution, self._option_levels(), self._levels(), self._estimate)
+        levels = self._levels()
+        if levels and self.problem is not None:
+            return configuration_metric(self.problem, solution, self._option_levels(), levels, self._estimate)
         return self._estimate(solution.total_drop)
 
     def update_model(
