@@ -267,8 +267,42 @@ def test_radix_split_attention_is_pruned() -> None:
     assert block.get_submodule("1.conv").out_channels == 32 and block.get_submodule("1.conv").groups == 2
 
 
+class SelectiveKernelBlock(nn.Module):
+    """SKNet's residual block: two paths stacked on a new dim 1, a shape check left
+    dangling in the graph (as timm's ``_assert``), attention from their sum viewed as
+    ``(B, paths, C // paths, H, W)`` with H and W read from the shape, a softmax over the
+    paths and their weighted sum, then a conv back to the input's width."""
+
+    def __init__(self, c: int = 16, mid: int = 24) -> None:
+        super().__init__()
+        self.paths = nn.ModuleList([nn.Conv2d(c, mid, 3, padding=1), nn.Conv2d(c, mid, 3, padding=2, dilation=2)])
+        self.reduce, self.select = nn.Conv2d(mid, 8, 1), nn.Conv2d(8, 2 * mid, 1)
+        self.out = nn.Conv2d(mid, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.stack([p(x) for p in self.paths], dim=1)
+        torch._assert(y.shape[1] == 2, "two paths")
+        a = self.select(torch.relu(self.reduce(y.sum(1).mean((2, 3), keepdim=True))))
+        b, c, h, w = a.shape
+        a = torch.softmax(a.view(b, 2, c // 2, h, w), dim=1)
+        return x + self.out(torch.sum(y * a, dim=1))
+
+
+def test_selective_kernel_block_is_one_block_pruned_through_the_stack() -> None:
+    model = SelectiveKernelBlock()
+    bm = _manager(model, (1, 16, 8, 8))
+    _check_all_sparsities(bm, model, (1, 16, 8, 8))
+    assert len(bm.blocks) == 1 and bm.coverage == 1.0  # the dangling check does not split the block
+    groups = {tuple(g.sources): g for g in bm._analysis(bm.blocks[0].name).groups}
+    # both paths' filters and the two halves of the attention go together
+    assert ("paths.0", "paths.1", "select") in groups
+    plan = bm.pruning_plan(bm.blocks[0].name, 0.5)
+    assert plan["paths.0"] == plan["paths.1"] and len(plan["paths.0"]) < 24
+    assert [k - 24 for k in plan["select"] if k >= 24] == [k for k in plan["select"] if k < 24] == plan["paths.0"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["res2net50_26w_4s", "ghostnet_100"])
+@pytest.mark.parametrize("name", ["res2net50_26w_4s", "ghostnet_100", "skresnet18"])
 def test_timm_split_models_through_the_store(name: str, tmp_path: Path) -> None:
     model = _timm(name, num_classes=10)
     bm = roundtrip(model, (1, 3, 64, 64), tmp_path, ratio=0.125)

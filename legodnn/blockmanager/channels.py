@@ -514,6 +514,25 @@ class _Analyzer:
             self.unite(lays[0], other)
         return lays[0], axis
 
+    def stack(self, node: fx.Node) -> Any:
+        """``torch.stack`` along a new dim (SKNet's paths): the inputs' channels line up one
+        to one, so they go together, and move up by one when the new dim comes before them.
+        A new dim 0 would move the batch, which every other rule assumes on dim 0."""
+        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        out_shape = _shape(node)
+        if not isinstance(tensors, (list, tuple)) or not isinstance(dim, int) or out_shape is None:
+            return self.opaque(node)
+        lays = [self.layout(t) for t in tensors]
+        axes = {self.axis(t) for t in tensors}
+        dim = dim % len(out_shape)
+        if any(lay is None for lay in lays) or len(axes) > 1 or dim == 0:
+            return self.opaque(node)
+        axis = axes.pop()
+        for other in lays[1:]:
+            self.unite(lays[0], other)
+        return lays[0], axis + 1 if dim <= axis else axis
+
     def permute(self, node: fx.Node, dims: Any) -> Any:
         """``permute``/``transpose``: the channels move to the dim their old dim goes to."""
         x = node.args[0]
@@ -612,9 +631,27 @@ class _Analyzer:
             return self.opaque(node)
         arg = shape_args[c_out]
         if not (isinstance(arg, fx.Node) or arg == -1) or any(
-                isinstance(shape_args[d], fx.Node) or shape_args[d] == -1 for d in out_dims if d != c_out):
+                (isinstance(shape_args[d], fx.Node) and not self.reads_other_dim(shape_args[d]))
+                or shape_args[d] == -1 for d in out_dims if d != c_out):
             return self.opaque(node)  # a fixed channel count, or another factor left to work out
         return result, c_out
+
+    def reads_other_dim(self, arg: fx.Node) -> bool:
+        """Whether ``arg`` is a tensor's size on a dim other than its channels (``x.shape[2]``,
+        ``x.size(3)``): pruning does not change it (SKNet's ``view(B, paths, C // paths, H, W)``)."""
+        if arg.op == "call_function" and arg.target is operator.getitem and isinstance(arg.args[1], int):
+            shape = arg.args[0]
+            if not (isinstance(shape, fx.Node) and shape.op == "call_function" and shape.target is getattr
+                    and shape.args[1] == "shape"):
+                return False
+            tensor, dim = shape.args[0], arg.args[1]
+        elif arg.op == "call_method" and arg.target == "size" and len(arg.args) == 2 and isinstance(arg.args[1], int):
+            tensor, dim = arg.args
+        else:
+            return False
+        in_shape = _shape(tensor)
+        return (isinstance(tensor, fx.Node) and tensor in self.layouts and in_shape is not None
+                and dim % len(in_shape) not in (0, self.axis(tensor)))
 
     def split(self, node: fx.Node, dim: Any) -> Optional[np.ndarray]:
         """``split``/``chunk``/``tensor_split``: each piece gets its slice of the atoms when
@@ -687,6 +724,8 @@ class _Analyzer:
             return self.binary(node)
         if fn is torch.cat or fn is torch.concat:
             return self.cat(node)
+        if fn is torch.stack:
+            return self.stack(node)
         if fn is torch.flatten:
             start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
             end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)

@@ -133,7 +133,13 @@ def find_candidate_regions(
     for n in order:
         for p in preds[n]:
             succs[p].append(n)
-    # dead ends (nodes with no path to the output) would break post-dominance: treat
+    # a dead end that computes (timm's ``_assert`` of a shape) stays with the node after
+    # it: an edge into the output would keep every block from spanning the tensor it checks
+    for i, n in enumerate(order[:-1]):
+        if n.op in ("call_function", "call_method", "call_module") and not succs[n]:
+            succs[n].append(order[i + 1])
+            preds[order[i + 1]].append(n)
+    # other dead ends (nodes with no path to the output) would break post-dominance: treat
     # them as flowing into the output
     rsuccs = {n: (succs[n] or ([output] if n is not output else [])) for n in order}
     idom = _dominators(order, preds, source)
