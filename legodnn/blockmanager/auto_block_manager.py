@@ -77,7 +77,8 @@ class AutoBlockManager:
     """Finds the blocks of a model and generates their descendants.
 
     Blocks are the largest single-input/single-output regions of the traced graph with
-    at most ``max(2, floor(total_convs * compress_layer_max_ratio))`` convolutions and
+    at most ``max(2, floor(total_convs * compress_layer_max_ratio))`` convolutions (and
+    ``max(3, floor(total_linears * compress_layer_max_ratio))`` linear layers) and
     something to prune, chosen to cover as many parameters as possible (the original
     LegoDNN rule for block size). A module with more convs than that and no single-tensor
     cut inside (a ResNeSt bottleneck, a VoVNet OSA module) can only be pruned whole: a
@@ -141,6 +142,10 @@ class AutoBlockManager:
         self.max_convs_per_block = max(2, math.floor(self.total_convs * self.compress_layer_max_ratio))
         #: the most convs of a larger block, one that prunes what no block within the limit can
         self.max_convs_larger_block = LARGER_BLOCK_FACTOR * self.max_convs_per_block
+        # linear layers are limited the same way, so that a transformer's blocks stay one or two
+        # layers each; at least 3, so that a three-layer MLP classifier (VGG's) stays one block
+        linears = sum(1 for m in self.model.modules() if self.layers.is_prunable(m) and not self.layers.is_conv(m))
+        self.max_linears_per_block = max(3, math.floor(linears * self.compress_layer_max_ratio))
 
         start = time.perf_counter()
         self._refuse_mostly_unfused()
@@ -182,7 +187,8 @@ class AutoBlockManager:
         chosen: List[Tuple[str, Region]] = []
         for part in self.parts:
             candidates = find_candidate_regions(part.graph_module, self.max_convs_per_block, layers=self.layers,
-                                                oversized_convs=self.max_convs_larger_block)
+                                                oversized_convs=self.max_convs_larger_block,
+                                                max_linears=self.max_linears_per_block)
             gm = part.graph_module
 
             def prunable(region: Region, gm: fx.GraphModule = gm, path: str = part.path) -> bool:

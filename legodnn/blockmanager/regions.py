@@ -103,10 +103,11 @@ def _dominators(order: List[fx.Node], preds: Dict[fx.Node, List[fx.Node]], root:
 
 def find_candidate_regions(
     gm: fx.GraphModule, max_convs: int, min_nodes: int = 1, layers: Optional[LayerRegistry] = None,
-    oversized_convs: int = 0,
+    oversized_convs: int = 0, max_linears: Optional[int] = None,
 ) -> List[Region]:
-    """All single-entry/single-exit regions with at most ``max_convs`` convolutions and
-    at least one prunable layer (``layers`` says which custom leaves count as convs).
+    """All single-entry/single-exit regions with at most ``max_convs`` convolutions (and
+    ``max_linears`` linear layers, if given) and at least one prunable layer (``layers``
+    says which custom leaves count as convs).
 
     With ``oversized_convs`` above ``max_convs``, regions of up to that many convs are
     returned too, marked ``oversized``."""
@@ -223,6 +224,8 @@ def find_candidate_regions(
         return total
 
     conv_one = {i: 1 for i in conv_w}
+    linear_mask = prunable_mask & ~conv_mask
+    linear_one = {i: 1 for i in prunable_w if i not in conv_w}
     regions: List[Region] = []
     for b in order:
         if b.op in ("placeholder", "output") or not _is_tensor(b):
@@ -231,7 +234,8 @@ def find_candidate_regions(
         while a is not None:
             body = desc[a] & anc[b]
             n_convs = weight(body & conv_mask, conv_one)  # distinct conv layers
-            if n_convs > max(max_convs, oversized_convs):
+            if n_convs > max(max_convs, oversized_convs) or (
+                    max_linears is not None and weight(body & linear_mask, linear_one) > max_linears):
                 break
             # nothing inside may be used outside: b post-dominates a's successors on the way
             if (
